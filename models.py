@@ -1,0 +1,228 @@
+"""Models of Ma & Liang (2020) and the helpers every script shares.
+
+- MLP and the Kachuee 2018 residual 1-D CNN (SPEC 3), input (N, 187) in [0, 1], 5 logits out.
+- Kernel normalisation: each output unit's weight vector is scaled to unit L2 norm, its bias
+  by the same factor (`normalize_kernels`), at construction and before every training step.
+- Dead-unit re-initialisation: |dL/dW| is accumulated per output unit over an epoch
+  (`accumulate_grad`); units whose sum is exactly zero get a fresh unit-norm weight vector
+  (`reinit_dead_units`). The sums live in a buffer `grad_acc` on each normalised layer, so they
+  travel with the state dict (and with a checkpoint, which makes --resume exact).
+- Checkpoints (`save_checkpoint`, `load_checkpoint`), seeding, device choice and run metadata.
+
+    python -c "import models; print(models.build_model('cnn'))"
+"""
+import os
+import random
+import subprocess
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+N_SAMPLES = 187   # beat length (125 Hz, 1.496 s)
+N_CLASSES = 5     # AAMI classes N, S, V, F, Q
+CLASS_NAMES = ["N", "S", "V", "F", "Q"]
+ARCHS = ("mlp", "cnn")
+
+
+# ----------------------------------------------------------------------------- kernel norm
+class KernelNormMixin:
+    """Kernel normalisation and dead-unit bookkeeping for the layers in `self.normalized`."""
+
+    def _init_normalized(self, layers):
+        self.normalized = list(layers)
+        for layer in self.normalized:
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+            layer.register_buffer("grad_acc", torch.zeros(layer.weight.shape[0]))
+        self.normalize_kernels()
+
+    @torch.no_grad()
+    def normalize_kernels(self):
+        """w_o <- w_o / ||w_o||_2 and b_o <- b_o / ||w_o||_2 for every output unit o."""
+        for layer in self.normalized:
+            w = layer.weight
+            scale = 1.0 / w.flatten(1).norm(dim=1).clamp_min(1e-12)
+            w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
+            if layer.bias is not None:
+                layer.bias.mul_(scale)
+
+    @torch.no_grad()
+    def accumulate_grad(self):
+        """Add sum |dL/dW| of each output unit to its running total (call after backward)."""
+        for layer in self.normalized:
+            if layer.weight.grad is not None:
+                layer.grad_acc.add_(layer.weight.grad.abs().flatten(1).sum(dim=1))
+
+    @torch.no_grad()
+    def reinit_dead_units(self):
+        """Give every unit with exactly zero accumulated gradient a random unit-norm weight
+        vector and a zero bias, then reset the totals. Returns the number of units re-drawn."""
+        count = 0
+        for layer in self.normalized:
+            dead = layer.grad_acc == 0
+            n = int(dead.sum())
+            if n:
+                w = torch.randn((n,) + layer.weight.shape[1:], device=layer.weight.device)
+                w /= w.flatten(1).norm(dim=1).view(-1, *([1] * (w.dim() - 1)))
+                layer.weight[dead] = w.to(layer.weight.dtype)
+                if layer.bias is not None:
+                    layer.bias[dead] = 0.0
+                count += n
+            layer.grad_acc.zero_()
+        return count
+
+
+# ----------------------------------------------------------------------------- models
+class MLP(KernelNormMixin, nn.Module):
+    """187-128-128-128-32-5; no ReLU between the last two linear layers (as the reference)."""
+
+    def __init__(self, bias=True):
+        super().__init__()
+        self.bias = bias
+        self.fc1 = nn.Linear(N_SAMPLES, 128, bias=bias)
+        self.fc2 = nn.Linear(128, 128, bias=bias)
+        self.fc3 = nn.Linear(128, 128, bias=bias)
+        self.fc4 = nn.Linear(128, 32, bias=bias)
+        self.out = nn.Linear(32, N_CLASSES, bias=bias)
+        self._init_normalized([self.fc1, self.fc2, self.fc3, self.fc4])
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], N_SAMPLES)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        x = F.relu(self.fc3(x))
+        return self.out(self.fc4(x))
+
+
+class ResBlock(nn.Module):
+    """conv-ReLU-conv, add the input, ReLU, MaxPool(5, stride 2) (Kachuee 2018, Fig. 2)."""
+
+    def __init__(self, bias=True):
+        super().__init__()
+        self.conv1 = nn.Conv1d(32, 32, 5, padding=2, bias=bias)
+        self.conv2 = nn.Conv1d(32, 32, 5, padding=2, bias=bias)
+
+    def forward(self, x):
+        h = self.conv2(F.relu(self.conv1(x)))
+        return F.max_pool1d(F.relu(h + x), 5, stride=2)
+
+
+class CNN(KernelNormMixin, nn.Module):
+    """Kachuee 2018: conv0, 5 residual blocks (187->92->44->20->8->2), 64-32-5 head."""
+
+    def __init__(self, bias=True):
+        super().__init__()
+        self.bias = bias
+        self.conv0 = nn.Conv1d(1, 32, 5, padding=2, bias=bias)
+        self.blocks = nn.ModuleList([ResBlock(bias) for _ in range(5)])
+        self.linear1 = nn.Linear(64, 32, bias=bias)
+        self.linear2 = nn.Linear(32, N_CLASSES, bias=bias)
+        # The reference normalises blocks 1-4 only, not block 5 (SPEC 3).
+        convs = [c for b in self.blocks[:4] for c in (b.conv1, b.conv2)]
+        self._init_normalized([self.conv0, *convs, self.linear1, self.linear2])
+
+    def forward(self, x):
+        x = self.conv0(x.reshape(x.shape[0], 1, N_SAMPLES))
+        for block in self.blocks:
+            x = block(x)
+        return self.linear2(F.relu(self.linear1(x.flatten(1))))
+
+
+def build_model(arch, bias=True):
+    if arch == "mlp":
+        return MLP(bias=bias)
+    if arch == "cnn":
+        return CNN(bias=bias)
+    raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+
+
+# ----------------------------------------------------------------------------- run helpers
+def set_seed(seed):
+    """Seed python, numpy and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def get_device(name="auto"):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def git_commit():
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_info(device=None):
+    """What every result file records beside its settings."""
+    info = {"torch": torch.__version__, "git_commit": git_commit()}
+    if device is not None:
+        device = torch.device(device)
+        info["device"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                          else "cpu")
+    return info
+
+
+def atomic_write(path, write_fn, suffix=".tmp"):
+    """Call write_fn(tmp_path), then rename onto `path`: no half-written file is ever left."""
+    path = str(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, model, optimizer, epoch, config, history):
+    """Everything needed to resume or evaluate; plain types only (loads with weights_only)."""
+    ckpt = {
+        "arch": "cnn" if isinstance(model, CNN) else "mlp",
+        "method": config.get("method"),
+        "bias": model.bias,
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "config": config,
+        "history": history,
+        **run_info(),
+    }
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def load_checkpoint(path, device="cpu", arch=None):
+    """Return (model, checkpoint dict). The model is in eval mode on `device`."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, ...
+        raise ValueError(f"checkpoint {path} is truncated or not a checkpoint of this "
+                         f"project ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
+        raise ValueError(f"checkpoint {path} is not a checkpoint of this project")
+    if arch is not None and ckpt["arch"] != arch:
+        raise ValueError(f"checkpoint {path} holds arch {ckpt['arch']!r}, expected {arch!r}")
+    model = build_model(ckpt["arch"], bias=ckpt["bias"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt
