@@ -167,7 +167,7 @@ def git_commit():
 
 def run_info(device=None):
     """What every result file records beside its settings."""
-    info = {"torch": torch.__version__, "git_commit": git_commit()}
+    info = {"torch": str(torch.__version__), "git_commit": git_commit()}
     if device is not None:
         device = torch.device(device)
         info["device"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
