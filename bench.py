@@ -1,0 +1,205 @@
+"""Speed benchmarks; figures go to results/bench/{train,attack}.json and .md.
+
+    python bench.py train     # training samples/s per (arch, method); vectorised NSR step vs
+                              # the reference's per-class loop (same batch, same run)
+    python bench.py attack    # paper PGD-100 samples/s; batched SPSA vs the per-sample loop
+
+Every figure is the median of several timed repeats after a warm-up. Runs on the committed real
+sample (or --data-dir/--no-sample for the full cache).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from losses import margin_loss, mse_loss
+from models import atomic_write, build_model, get_device, run_info, set_seed
+from preprocess import DATA_DIR, balanced_epoch_indices, balanced_subset, load_cache
+
+OUT_DIR = "results/bench"
+REPEATS = 5
+TRAIN_STEPS = 10           # steps per timed repeat
+BATCH_SIZE = 128
+PGD_SAMPLES = 500
+SPSA_SAMPLES = 20
+SPSA_ITERS = 3
+SEED = 0
+
+
+def median_time(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def write(name, record, table):
+    os.makedirs(OUT_DIR, exist_ok=True)
+    path = os.path.join(OUT_DIR, name)
+    atomic_write(path + ".json", lambda t: json.dump(record, open(t, "w"), indent=1), ".json")
+    atomic_write(path + ".md", lambda t: open(t, "w").write(table), ".md")
+    print(table)
+    print(f"wrote {path}.json and {path}.md")
+
+
+# ----------------------------------------------------------------------------- train
+def nsr_step_per_class_loop(model, x, y, beta, eps=0.01):
+    """The reference's shape of an NSR step: MSE + margin from a plain forward, then the NSR
+    term class by class, each with its own forward on the correct samples of that class."""
+    z = model(x)
+    correct = z.argmax(1) == y
+    loss = mse_loss(z, y) + margin_loss(z[correct], y[correct])
+    total, n = 0.0, int(correct.sum())
+    for c in range(5):
+        sel = correct & (y == c)
+        if not sel.any():
+            continue
+        xc = x[sel].clone().requires_grad_(True)
+        s = model(xc)[:, c]
+        (g,) = torch.autograd.grad(s.sum(), xc, create_graph=True)
+        total = total + torch.log1p(g.abs().sum(1) / (s.abs() + eps)).sum()
+    return loss + beta * total / max(n, 1)
+
+
+def pretrained(arch, x, y, device, steps=300):
+    """A model trained briefly with CE (MSE + margin + NSR only act on correct samples, so an
+    untrained model would time a mostly empty regulariser)."""
+    set_seed(SEED)
+    model = build_model(arch).to(device)
+    opt = torch.optim.Adamax(model.parameters(), lr=3e-3)
+    for i in range(steps):
+        j = (i * BATCH_SIZE) % len(x)
+        opt.zero_grad()
+        F.cross_entropy(model(x[j:j + BATCH_SIZE]), y[j:j + BATCH_SIZE]).backward()
+        opt.step()
+    return model
+
+
+def bench_train(args):
+    import train_baseline
+    import train_nsr
+    device = get_device(args.device)
+    data = load_cache(args.data_dir, not args.no_sample)
+    y_np = data["Y_train"].numpy()
+    idx = torch.from_numpy(balanced_epoch_indices(y_np, SEED, 0)[:BATCH_SIZE * TRAIN_STEPS])
+    xs, ys = data["X_train"][idx].to(device), data["Y_train"][idx].to(device)
+    batches = [(xs[i:i + BATCH_SIZE], ys[i:i + BATCH_SIZE]) for i in range(0, len(idx), BATCH_SIZE)]
+    rows, record = [], {"settings": {"batch_size": BATCH_SIZE, "steps": TRAIN_STEPS,
+                                     "repeats": args.repeats, "threads": torch.get_num_threads()},
+                        **run_info(device)}
+    methods = [("ce", {}), ("mse", {}), ("mse_margin", {}), ("jacob", {"beta": 0.7, "jacob_norm": 1}),
+               ("adv", {"adv_eps": 0.1, "adv_steps": 10, "adv_step_size": 0.01}),
+               ("align", {}), ("nsr", {"nsr_eps": 0.01, "nsr_max_noise": 1.0})]
+    for arch in args.archs:
+        for method, extra in methods:
+            nsr_like = method in ("nsr", "align")
+            cfg = {"method": method, "arch": arch, "lr": 1e-3, "margin": 1.0, "decay_l1": 0.01,
+                   "decay_l2": 0.01, **extra}
+            if nsr_like:
+                cfg["beta"] = (train_nsr.NSR_BETA if method == "nsr" else train_nsr.ALIGN_BETA)[arch]
+            objective = train_nsr.nsr_objective if nsr_like else train_baseline.baseline_objective
+            set_seed(SEED)
+            model = build_model(arch, bias=method != "align").to(device)
+            opt = torch.optim.Adamax(model.parameters(), lr=1e-3)
+            gen = torch.Generator(device=device).manual_seed(SEED)
+
+            def run_steps():
+                for x, y in batches:
+                    train_baseline.train_step(model, opt, x, y, cfg, objective, gen)
+            med, _ = median_time(run_steps, args.repeats)
+            sps = len(idx) / med
+            rows.append({"arch": arch, "method": method, "samples_per_s": sps,
+                         "epoch_min_full_data": 5 * 57976 / sps / 60})
+            print(f"{arch:4s} {method:11s} {sps:8.0f} samples/s")
+    record["throughput"] = rows
+
+    # vectorised NSR step vs the per-class loop, interleaved in one run
+    ratio_rows = []
+    for arch in args.archs:
+        beta = train_nsr.NSR_BETA[arch]
+        cfg = {"method": "nsr", "margin": 1.0, "beta": beta, "nsr_eps": 0.01, "nsr_max_noise": 1.0}
+        model = pretrained(arch, xs, ys, device)
+        x, y = batches[0]
+        correct_frac = float((model(x).argmax(1) == y).float().mean())
+        # same loss value (a check that both steps compute the same thing)
+        a = train_nsr.nsr_objective(model, x, y, cfg)[0].item()
+        b = nsr_step_per_class_loop(model, x, y, beta).item()
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (a, b)
+
+        def vectorised():
+            model.zero_grad()
+            train_nsr.nsr_objective(model, x, y, cfg)[0].backward()
+
+        def loop():
+            model.zero_grad()
+            nsr_step_per_class_loop(model, x, y, beta).backward()
+
+        def ce_step():
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+        reps = args.repeats * 4
+        tv, tl, tc = [], [], []
+        for fn in (vectorised, loop, ce_step):
+            fn()    # warm-up
+        for _ in range(reps):           # interleaved: drift hits all three alike
+            for fn, acc in ((vectorised, tv), (loop, tl), (ce_step, tc)):
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    fn()
+                acc.append((time.perf_counter() - t0) / 5)
+        mv, ml, mc = map(statistics.median, (tv, tl, tc))
+        ratio_rows.append({"arch": arch, "vectorised_ms": mv * 1e3, "per_class_loop_ms": ml * 1e3,
+                           "ce_step_ms": mc * 1e3, "speedup": ml / mv, "ce_over_nsr": mc / mv,
+                           "loss_vectorised": a, "loss_loop": b, "correct_fraction": correct_frac})
+        print(f"{arch} NSR step ({correct_frac:.0%} of the batch correct): vectorised {mv * 1e3:.1f} ms, per-class loop {ml * 1e3:.1f} ms "
+              f"-> {ml / mv:.2f}x (CE step {mc * 1e3:.1f} ms)")
+    record["nsr_step"] = ratio_rows
+
+    lines = ["# Training throughput (CPU unless stated)", "",
+             f"{record['device']}, torch {record['torch']}, {torch.get_num_threads()} threads, "
+             f"batch {BATCH_SIZE}, median of {args.repeats} repeats of {TRAIN_STEPS} steps on real "
+             "beats (committed sample).", "",
+             "| arch | method | samples/s | min per paper epoch (5 x 57,976) |", "|---|---|---:|---:|"]
+    lines += [f"| {r['arch']} | {r['method']} | {r['samples_per_s']:.0f} | "
+              f"{r['epoch_min_full_data']:.1f} |" for r in rows]
+    lines += ["", "## NSR step (MSE + margin + beta*NSR, forward and backward, batch 128)", "",
+              "Timed on a model trained briefly with CE, so that most of the batch is correctly "
+              "classified as in training (the regulariser only acts on correct samples).", "",
+              "| arch | correct | vectorised (ms) | per-class loop (ms) | speedup | CE step (ms) | CE / NSR |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['arch']} | {r['correct_fraction']:.0%} | {r['vectorised_ms']:.1f} | {r['per_class_loop_ms']:.1f} | "
+              f"{r['speedup']:.2f}x | {r['ce_step_ms']:.1f} | {r['ce_over_nsr']:.2f} |"
+              for r in ratio_rows]
+    write("train", record, "\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=["train", "attack"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-dir", default=DATA_DIR)
+    p.add_argument("--no-sample", action="store_true", help="use the full cache, not the sample")
+    p.add_argument("--archs", nargs="+", default=["mlp", "cnn"])
+    p.add_argument("--repeats", type=int, default=REPEATS)
+    p.add_argument("--checkpoint", default=None, help="attack: a trained CNN checkpoint")
+    args = p.parse_args(argv)
+    if args.what == "train":
+        bench_train(args)
+    else:
+        bench_attack(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
