@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models import atomic_write, get_device, load_checkpoint, run_info
+from models import atomic_write, get_device, load_checkpoint, run_info, tune_malloc
 from preprocess import (DATA_DIR, DataError, balanced_subset, classification_metrics,
                         load_cache)
 
@@ -263,6 +263,7 @@ def main(argv=None):
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    tune_malloc()
     torch.manual_seed(args.seed)
     data_meta = {"sample": args.sample, "max_samples": args.max_samples}
     for eps in eps_list:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from losses import margin_loss, mse_loss
-from models import atomic_write, build_model, get_device, run_info, set_seed
+from models import atomic_write, build_model, get_device, run_info, set_seed, tune_malloc
 from preprocess import DATA_DIR, balanced_epoch_indices, balanced_subset, load_cache
 
 OUT_DIR = "results/bench"
@@ -194,6 +194,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=REPEATS)
     p.add_argument("--checkpoint", default=None, help="attack: a trained CNN checkpoint")
     args = p.parse_args(argv)
+    tune_malloc()
     if args.what == "train":
         bench_train(args)
     else:

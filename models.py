@@ -147,6 +147,20 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
+def tune_malloc():
+    """CPU speed: glibc serves every allocation above M_MMAP_THRESHOLD (128 KiB at start) with
+    fresh mmap pages, so each forward of a batch of beats page-faults its activations again
+    (a batch-256 CNN forward runs 3x slower than it can). Raising the threshold to its maximum
+    (32 MiB) and the trim threshold keeps those buffers in the heap. No-op off glibc."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 1024 * 1024)    # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 512 * 1024 * 1024)   # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def get_device(name="auto"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from attack_pgd import pgd_batch, predict
 from losses import decoupled_decay_, jacobian_loss_from_logits, margin_loss, mse_loss
-from models import build_model, get_device, load_checkpoint, run_info, save_checkpoint
+from models import build_model, get_device, load_checkpoint, save_checkpoint, tune_malloc
 from preprocess import (DATA_DIR, DataError, balanced_epoch_indices, classification_metrics,
                         load_cache)
 
@@ -218,6 +218,7 @@ def config_from_args(args, extra):
 
 
 def run(cfg, objective):
+    tune_malloc()
     try:
         train(cfg, objective)
     except (DataError, ValueError) as e:
