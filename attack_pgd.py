@@ -135,7 +135,7 @@ def pgd_attack(model, x, y, eps, steps=STEPS, step_size=STEP_SIZE, variant=VARIA
         for i in range(0, len(todo), batch_size):
             b = todo[i:i + batch_size]
             xb, fooled = pgd_batch(model, x[b], y[b], eps, steps, step_size, variant, loss, gen)
-            x_adv[b[fooled]] = xb[fooled]
+            x_adv[b] = xb          # a later restart overwrites only the samples not yet fooled
             still.append(b[~fooled])
             bar.update(len(b))
         todo = torch.cat(still) if still else todo[:0]

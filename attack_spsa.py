@@ -1,0 +1,209 @@
+"""Black-box SPSA attack (Uesato et al. 2018) on a trained checkpoint, batched for speed.
+
+    python attack_spsa.py --checkpoint results/checkpoints/cnn_nsr_0.3_best.pt
+    python attack_spsa.py --checkpoint CKPT --eps 0.05 0.1 --per-class 20 --steps 50
+
+SPEC 5: on the first 162 test beats of each class (810), for each eps: uniform random start in
+[-eps, eps]; each of `steps` iterations draws n_dirs Rademacher directions v, evaluates the margin
+loss f(x) = max_{j != y} z_j - z_y at x + delta*v and x - delta*v, estimates the gradient as
+mean((f+ - f-) * v / (2 delta)), takes its sign and makes an Adamax step (lr 0.01) that increases
+f; then the perturbation is projected to [-eps, eps] and x + perturbation clamped to [0, 1]. A
+sample stops as soon as its label flips and keeps that input. Clean-misclassified samples are
+not attacked.
+
+Batching changes nothing but speed: each sample has its own random stream (a torch.Generator
+seeded with seed * 1,000,003 + the sample's index in the test split) that draws its start and
+then its directions, iteration after iteration, exactly as a loop over single samples would;
+each sample's gradient estimate is reduced on its own. So the batched attack returns the same
+adversarial inputs as the per-sample loop (the tests check it). The directions of many samples
+go through the model in chunks of CHUNK_ROWS rows (a CNN forward on 2 CPU cores runs several
+times faster at 256 rows than at the 4,096 of one sample's 2 x 2048 evaluations), under
+torch.inference_mode, and samples that flip leave the batch.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from attack_pgd import (add_target_args, adamax_ascent_, attack_loss, attack_record, load_target,
+                        model_name, predict, summary_line, uniform_start, write_record)
+from models import get_device, tune_malloc
+from preprocess import DataError
+
+EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]     # SPEC 5
+PER_CLASS = 162            # the first 162 test beats of each class: 810
+STEPS = 100
+N_DIRS = 2048
+DELTA = 0.01
+LR = 0.01
+SEED = 0
+BATCH_SIZE = 32            # samples attacked together
+CHUNK_ROWS = 256           # model rows per forward
+STREAM = 1_000_003         # per-sample generator seed = seed * STREAM + sample index
+
+
+def margin(z, y):
+    """f = max_{j != y} z_j - z_y per sample (> 0 once the label has flipped)."""
+    zy = z.gather(1, y[:, None]).squeeze(1)
+    return z.scatter(1, y[:, None], float("-inf")).amax(dim=1) - zy
+
+
+def sample_generator(seed, index, device):
+    return torch.Generator(device=device).manual_seed(seed * STREAM + int(index))
+
+
+def rademacher(n_dirs, n, generator, device):
+    return torch.randint(0, 2, (n_dirs, n), generator=generator, device=device).mul_(2).sub_(1).float()
+
+
+def spsa_estimate(df, v, delta):
+    """mean_k (f+_k - f-_k) v_k / (2 delta) for one sample: df (D,), v (D, 187)."""
+    return torch.mv(v.t(), df) / (2 * delta * len(df))
+
+
+def spsa_batch(model, x, y, ids, eps, steps, n_dirs, delta, lr, seed, chunk_rows):
+    """Attack every sample of (x, y); ids seed their streams. Returns (x_adv, fooled)."""
+    dev = x.device
+    gens = [sample_generator(seed, i, dev) for i in ids]
+    noise = torch.stack([uniform_start(x.shape[1:], eps, g, dev) for g in gens])
+    noise = (x + noise).clamp(0, 1) - x
+    exp_avg, exp_inf = torch.zeros_like(noise), torch.zeros_like(noise)
+    x_adv, fooled = x.clone(), torch.zeros(len(y), dtype=torch.bool, device=dev)
+    idx, xa, ya = torch.arange(len(y), device=dev), x, y
+    pairs_per_chunk = max(1, chunk_rows // 2)
+    for t in range(steps + 1):
+        x_in = xa + noise
+        hit = model(x_in).argmax(1) != ya
+        x_adv[idx[hit]] = x_in[hit]
+        fooled[idx[hit]] = True
+        if t == steps:
+            x_adv[idx[~hit]] = x_in[~hit]
+            break
+        if hit.any():                              # flipped samples leave the batch
+            keep = ~hit
+            idx, xa, ya, x_in = idx[keep], xa[keep], ya[keep], x_in[keep]
+            noise, exp_avg, exp_inf = noise[keep], exp_avg[keep], exp_inf[keep]
+            gens = [g for g, k in zip(gens, keep.tolist()) if k]
+            if not gens:
+                break
+        b = len(gens)
+        v = torch.stack([rademacher(n_dirs, x.shape[1], g, dev) for g in gens])   # (b, D, 187)
+        vf = v.reshape(b * n_dirs, -1)
+        owner = torch.arange(b, device=dev).repeat_interleave(n_dirs)
+        df = torch.empty(b * n_dirs, device=dev)
+        for s in range(0, b * n_dirs, pairs_per_chunk):
+            o, dv = owner[s:s + pairs_per_chunk], delta * vf[s:s + pairs_per_chunk]
+            base = x_in[o]
+            f = margin(model(torch.cat([base + dv, base - dv])), ya[o].repeat(2))
+            df[s:s + len(o)] = f[:len(o)] - f[len(o):]
+        df = df.view(b, n_dirs)
+        grad = torch.stack([spsa_estimate(df[i], v[i], delta) for i in range(b)])
+        adamax_ascent_(noise, grad.sign(), exp_avg, exp_inf, t + 1, lr)
+        noise.clamp_(-eps, eps)
+        noise = (xa + noise).clamp(0, 1) - xa
+    return x_adv, fooled
+
+
+def spsa_attack(model, x, y, eps, steps=STEPS, n_dirs=N_DIRS, delta=DELTA, lr=LR, seed=SEED,
+                sample_ids=None, batch_size=BATCH_SIZE, chunk_rows=CHUNK_ROWS, progress=False):
+    """SPSA on the clean-correct samples of (x, y); returns x_adv (x where not attacked).
+    sample_ids (default 0..N-1) name each sample's random stream: pass the test-split indices
+    to get the same result whatever subset or batch a sample is attacked in."""
+    model.eval()
+    ids = torch.arange(len(y)) if sample_ids is None else torch.as_tensor(sample_ids)
+    with torch.inference_mode():
+        x_adv = x.clone()
+        todo = torch.nonzero(predict(model, x) == y).flatten()
+        bar = tqdm(total=len(todo), desc=f"spsa eps={eps:g}", unit="beat", disable=not progress,
+                   leave=False)
+        for i in range(0, len(todo), batch_size):
+            b = todo[i:i + batch_size]
+            xb, _ = spsa_batch(model, x[b], y[b], ids[b.cpu()].tolist(), eps, steps, n_dirs,
+                               delta, lr, seed, chunk_rows)
+            x_adv[b] = xb
+            bar.update(len(b))
+        bar.close()
+    return x_adv.clone()
+
+
+def spsa_per_sample_loop(model, x, y, eps, steps=STEPS, n_dirs=N_DIRS, delta=DELTA, lr=LR,
+                         seed=SEED, sample_ids=None):
+    """The reference's shape: one sample at a time, all 2 x n_dirs evaluations in one forward.
+    Kept as the baseline of bench.py and the oracle of the tests."""
+    model.eval()
+    ids = list(range(len(y))) if sample_ids is None else list(sample_ids)
+    x_adv = x.clone()
+    with torch.no_grad():
+        for i in range(len(y)):
+            xi, yi = x[i:i + 1], y[i:i + 1]
+            if model(xi).argmax(1) != yi:
+                continue
+            g = sample_generator(seed, ids[i], x.device)
+            noise = (xi + uniform_start(xi.shape[1:], eps, g, x.device)).clamp(0, 1) - xi
+            m, u = torch.zeros_like(noise), torch.zeros_like(noise)
+            for t in range(steps + 1):
+                x_in = xi + noise
+                if model(x_in).argmax(1) != yi or t == steps:
+                    break
+                v = rademacher(n_dirs, xi.shape[1], g, x.device)
+                f = margin(model(torch.cat([x_in + delta * v, x_in - delta * v])),
+                           yi.repeat(2 * n_dirs))
+                grad = spsa_estimate(f[:n_dirs] - f[n_dirs:], v, delta)
+                adamax_ascent_(noise, grad.sign()[None], m, u, t + 1, lr)
+                noise = (xi + noise.clamp(-eps, eps)).clamp(0, 1) - xi
+            x_adv[i] = x_in[0]
+    return x_adv
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_target_args(p)
+    p.add_argument("--eps", type=float, nargs="+", default=EPS_LIST)
+    p.add_argument("--per-class", type=int, default=PER_CLASS,
+                   help="the first K test beats of each class (default 162: 810 beats)")
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--n-dirs", type=int, default=N_DIRS)
+    p.add_argument("--delta", type=float, default=DELTA)
+    p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS)
+    args = p.parse_args(argv)
+    for name in ("steps", "n_dirs", "batch_size", "chunk_rows", "per_class"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if any(e < 0 for e in args.eps):
+        p.error("--eps must be >= 0")
+    per_class = args.per_class if not args.max_samples else max(1, args.max_samples // 5)
+    try:
+        device = get_device(args.device)
+        model, ckpt, x, y, idx = load_target(args.checkpoint, device, args.data_dir, args.sample,
+                                             per_class=per_class)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    tune_malloc()
+    tag = f"spsa-s{args.steps}-d{args.n_dirs}-n{len(idx)}"
+    for eps in args.eps:
+        out = os.path.join(args.out_dir, f"{model_name(ckpt, args.checkpoint)}__{tag}__eps{eps:g}.json")
+        if os.path.exists(out) and not args.force:
+            print(f"exists, skipped (--force recomputes): {out}")
+            continue
+        t0 = time.perf_counter()
+        x_adv = spsa_attack(model, x, y, eps, args.steps, args.n_dirs, args.delta, args.lr,
+                            args.seed, idx, args.batch_size, args.chunk_rows, progress=True)
+        settings = {"eps": eps, "steps": args.steps, "n_dirs": args.n_dirs, "delta": args.delta,
+                    "lr": args.lr, "seed": args.seed, "per_class": per_class,
+                    "batch_size": args.batch_size, "chunk_rows": args.chunk_rows}
+        record = attack_record(model, ckpt, args.checkpoint, x, y, x_adv, idx, "spsa", settings,
+                               time.perf_counter() - t0, device,
+                               {"sample": args.sample, "per_class": per_class})
+        write_record(record, args.out_dir, tag)
+        print(summary_line(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

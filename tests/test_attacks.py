@@ -1,0 +1,218 @@
+"""attack_pgd.py and attack_spsa.py: budgets, untouched misclassified samples, determinism,
+behaviour on a model trained on real beats, and equality with naive reference loops."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+import attack_pgd
+import attack_spsa
+from models import build_model, save_checkpoint
+from preprocess import balanced_epoch_indices, balanced_subset
+
+
+def random_model(arch="mlp", seed=0):
+    torch.manual_seed(seed)
+    m = build_model(arch)
+    with torch.no_grad():
+        m.out.weight.mul_(5) if arch == "mlp" else m.linear2.weight.mul_(5)
+    return m.eval()
+
+
+def attacks(model, x, y, eps, seed):
+    yield "paper", attack_pgd.pgd_attack(model, x, y, eps, steps=5, seed=seed)
+    yield "sign", attack_pgd.pgd_attack(model, x, y, eps, steps=5, variant="sign", loss="margin",
+                                        restarts=2, seed=seed)
+    yield "noise", attack_pgd.noise_attack(model, x, y, eps, seed=seed)
+    yield "spsa", attack_spsa.spsa_attack(model, x, y, eps, steps=3, n_dirs=16, seed=seed)
+
+
+MODEL = random_model()
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.6))
+def test_budget_range_untouched_and_reproducible(seed, eps):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(24, 187, generator=g) ** 3        # many values near 0: the clamp matters
+    x[:, :5] = 1.0
+    y = torch.randint(0, 5, (24,), generator=g)
+    wrong = MODEL(x).argmax(1) != y
+    for name, x_adv in attacks(MODEL, x, y, eps, seed):
+        assert (x_adv - x).abs().max() <= eps + 1e-6, name
+        assert x_adv.min() >= 0 and x_adv.max() <= 1, name
+        assert torch.equal(x_adv[wrong], x[wrong]), name
+    again = dict(attacks(MODEL, x, y, eps, seed))
+    for name, x_adv in attacks(MODEL, x, y, eps, seed):
+        assert torch.equal(x_adv, again[name]), name
+
+
+# --- a small model trained here on the committed real sample
+@pytest.fixture(scope="module")
+def trained(sample_cache):
+    torch.manual_seed(0)
+    model = build_model("mlp")
+    opt = torch.optim.Adamax(model.parameters(), lr=3e-3)
+    x, y = sample_cache["X_train"], sample_cache["Y_train"]
+    for epoch in range(4):
+        idx = torch.from_numpy(balanced_epoch_indices(y.numpy(), 0, epoch))
+        for i in range(0, len(idx), 128):
+            b = idx[i:i + 128]
+            model.normalize_kernels()
+            opt.zero_grad()
+            F.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+    model.eval()
+    sel = torch.from_numpy(balanced_subset(sample_cache["Y_test"].numpy(), 30))
+    xt, yt = sample_cache["X_test"][sel], sample_cache["Y_test"][sel]
+    acc = (attack_pgd.predict(model, xt) == yt).float().mean().item()
+    assert acc > 0.7, acc
+    return model, xt, yt
+
+
+def accuracy(model, x_adv, y):
+    return (attack_pgd.predict(model, x_adv) == y).float().mean().item()
+
+
+def test_sign_pgd_monotone_in_eps_and_steps(trained):
+    model, x, y = trained
+    accs = [accuracy(model, attack_pgd.pgd_attack(model, x, y, e, steps=20, variant="sign"), y)
+            for e in (0.0, 0.01, 0.03, 0.05, 0.1, 0.2)]
+    assert all(b <= a + 1 / len(y) for a, b in zip(accs, accs[1:])), accs
+    assert accs[-1] < accs[0]
+    by_steps = [accuracy(model, attack_pgd.pgd_attack(model, x, y, 0.03, steps=s,
+                                                      variant="sign"), y) for s in (1, 5, 20, 50)]
+    assert all(b <= a for a, b in zip(by_steps, by_steps[1:])), by_steps   # same start: exact
+    assert by_steps[-1] < by_steps[0]
+
+
+def test_eps_one_drives_accuracy_to_zero(trained):
+    model, x, y = trained
+    for variant in ("sign", "paper"):
+        assert accuracy(model, attack_pgd.pgd_attack(model, x, y, 1.0, steps=100,
+                                                     step_size=0.05, variant=variant), y) < 0.02
+
+
+def test_white_noise_does_less_damage_than_pgd(trained):
+    model, x, y = trained
+    for eps in (0.05, 0.1):
+        noise = accuracy(model, attack_pgd.noise_attack(model, x, y, eps), y)
+        pgd = accuracy(model, attack_pgd.pgd_attack(model, x, y, eps, steps=20), y)
+        assert pgd < noise - 0.1, (eps, pgd, noise)
+
+
+def naive_paper_pgd(model, x, y, eps, steps, step_size, seed):
+    """SPEC 5 written out plainly with torch.optim.Adamax on the noise."""
+    gen = torch.Generator().manual_seed(seed)
+    correct = model(x).argmax(1) == y
+    xc, yc = x[correct], y[correct]
+    noise = torch.nn.Parameter((torch.rand(xc.shape, generator=gen) * 2 - 1) * eps)
+    opt = torch.optim.Adamax([noise], lr=step_size)
+    out, done = xc.clone(), torch.zeros(len(yc), dtype=torch.bool)
+    for t in range(steps + 1):
+        x_in = (xc + noise).clamp(0, 1)
+        z = model(x_in)
+        fooled = (z.argmax(1) != yc) & ~done
+        out[fooled] = x_in[fooled].detach()
+        done |= fooled
+        if t == steps:
+            out[~done] = x_in[~done].detach()
+            break
+        opt.zero_grad()
+        (-F.cross_entropy(z, yc, reduction="sum")).backward()   # ascent on CE
+        noise.grad.sign_()
+        opt.step()
+        with torch.no_grad():
+            noise.clamp_(-eps, eps)
+    x_adv = x.clone()
+    x_adv[correct] = out
+    return x_adv
+
+
+@pytest.mark.parametrize("eps", [0.03, 0.1])
+def test_paper_pgd_equals_naive_loop(trained, eps):
+    model, x, y = trained
+    ours = attack_pgd.pgd_attack(model, x, y, eps, steps=30, seed=3)
+    ref = naive_paper_pgd(model, x, y, eps, 30, 0.01, seed=3)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+    assert (attack_pgd.predict(model, ours) != y).sum() > 0      # the attack did something
+
+
+def test_spsa_gradient_estimate_on_linear_model():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(187, 5)
+    x, y = torch.rand(1, 187), torch.tensor([2])
+    xg = x.clone().requires_grad_(True)
+    (true,) = torch.autograd.grad(attack_spsa.margin(lin(xg), y).sum(), xg)
+    v = attack_spsa.rademacher(2048, 187, torch.Generator().manual_seed(0), "cpu")
+    f = attack_spsa.margin(lin(torch.cat([x + 0.01 * v, x - 0.01 * v])), y.repeat(4096))
+    est = attack_spsa.spsa_estimate(f[:2048] - f[2048:], v, 0.01)
+    assert F.cosine_similarity(est, true[0], dim=0) > 0.9
+
+
+def test_batched_spsa_equals_per_sample_loop(trained):
+    model, x, y = trained
+    x, y = x[::3], y[::3]
+    ids = np.arange(len(y)) * 7 + 11
+    for eps in (0.03, 0.1):
+        ours = attack_spsa.spsa_attack(model, x, y, eps, steps=10, n_dirs=128, seed=1,
+                                       sample_ids=ids, batch_size=8, chunk_rows=64)
+        ref = attack_spsa.spsa_per_sample_loop(model, x, y, eps, steps=10, n_dirs=128, seed=1,
+                                               sample_ids=ids)
+        assert torch.allclose(ours, ref, atol=1e-6, rtol=0), eps
+    assert (attack_pgd.predict(model, ours) != y).sum() > 0
+
+
+# --- the CLIs
+@pytest.fixture(scope="module")
+def checkpoint(trained, tmp_path_factory):
+    model, _, _ = trained
+    path = str(tmp_path_factory.mktemp("ck") / "mlp_ce_best.pt")
+    save_checkpoint(path, model, None, 3, {"method": "ce", "arch": "mlp", "name": "mlp_ce"}, [])
+    return path
+
+
+def test_pgd_cli_writes_results(checkpoint, sample_dir, tmp_path):
+    out = tmp_path / "attacks"
+    argv = ["--checkpoint", checkpoint, "--sample", "--data-dir", sample_dir, "--eps", "0.03",
+            "0.1", "--steps", "10", "--max-samples", "50", "--out-dir", str(out), "--device", "cpu"]
+    assert attack_pgd.main(argv) == 0
+    assert attack_pgd.main(argv + ["--noise"]) == 0
+    files = sorted(os.listdir(out))
+    assert len(files) == 4
+    r = json.load(open(out / "mlp_ce__pgd-paper-ce-s10-r1-n50__eps0.1.json"))
+    assert r["attack"] == "pgd-paper" and r["eps"] == 0.1 and r["model"] == "mlp_ce"
+    assert len(r["adv_pred"]) == len(r["labels"]) == len(r["indices"]) == 50
+    assert r["max_linf"] <= 0.1 + 1e-6 and r["in_range"]
+    assert r["adversarial"]["balanced_accuracy"] < r["clean"]["balanced_accuracy"]
+    assert np.array(r["adversarial"]["confusion"]).sum() == 50
+    for key in ("seed", "steps", "variant"):
+        assert key in r["settings"]
+    for key in ("device", "torch", "git_commit", "wall_s", "zero_grad_samples"):
+        assert key in r
+    mtime = os.path.getmtime(out / files[0])
+    assert attack_pgd.main(argv) == 0                          # finished results are skipped
+    assert os.path.getmtime(out / files[0]) == mtime
+
+
+def test_spsa_cli_writes_results(checkpoint, sample_dir, tmp_path):
+    out = tmp_path / "attacks"
+    argv = ["--checkpoint", checkpoint, "--sample", "--data-dir", sample_dir, "--eps", "0.1",
+            "--steps", "5", "--n-dirs", "32", "--per-class", "4", "--out-dir", str(out),
+            "--device", "cpu"]
+    assert attack_spsa.main(argv) == 0
+    (f,) = os.listdir(out)
+    r = json.load(open(out / f))
+    assert r["attack"] == "spsa" and len(r["labels"]) == 20 and r["settings"]["n_dirs"] == 32
+    assert sorted(set(r["labels"])) == [0, 1, 2, 3, 4]
+
+
+def test_cli_bad_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert attack_pgd.main(["--checkpoint", str(bad), "--device", "cpu"]) == 2
+    assert "x.pt" in capsys.readouterr().err
