@@ -205,6 +205,7 @@ def attack_record(model, ckpt, checkpoint, x, y, x_adv, idx, attack, settings, w
         "zero_grad_samples": count_zero_input_grad(model, x, y),
         "indices": np.asarray(idx).tolist(),
         "labels": yn.tolist(),
+        "clean_pred": clean.cpu().numpy().tolist(),
         "adv_pred": adv.cpu().numpy().tolist(),
         "wall_s": wall,
         "data": data_meta,

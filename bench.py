@@ -183,6 +183,104 @@ def bench_train(args):
     write("train", record, "\n".join(lines) + "\n")
 
 
+# ----------------------------------------------------------------------------- attack
+def naive_paper_pgd(model, x, y, eps, steps, step_size, seed):
+    """The straightforward PGD-100 of SPEC 5: whole batch every step, torch.optim.Adamax on the
+    noise, a fooled sample's first fooling input kept but the sample stays in the batch."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    noise = torch.nn.Parameter((torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps)
+    opt = torch.optim.Adamax([noise], lr=step_size)
+    out, done = x.clone(), torch.zeros(len(y), dtype=torch.bool, device=x.device)
+    for t in range(steps + 1):
+        x_in = (x + noise).clamp(0, 1)
+        z = model(x_in)
+        fooled = (z.argmax(1) != y) & ~done
+        out[fooled] = x_in[fooled].detach()
+        done |= fooled
+        if t == steps:
+            out[~done] = x_in[~done].detach()
+            break
+        opt.zero_grad()
+        (-F.cross_entropy(z, y)).backward()
+        noise.grad.sign_()
+        opt.step()
+        with torch.no_grad():
+            noise.clamp_(-eps, eps)
+    return out
+
+
+def bench_attack(args):
+    import attack_pgd
+    import attack_spsa
+    from models import load_checkpoint
+    device = get_device(args.device)
+    data = load_cache(args.data_dir, not args.no_sample)
+    if args.checkpoint:
+        model, _ = load_checkpoint(args.checkpoint, device, arch="cnn")
+        source = args.checkpoint
+    else:
+        model = pretrained("cnn", data["X_train"].to(device), data["Y_train"].to(device), device,
+                           steps=600)
+        source = "CNN trained 600 CE steps on the committed sample (inside bench.py)"
+    model.eval()
+    y_all = data["Y_test"]
+    sel = torch.from_numpy(balanced_subset(y_all.numpy(), PGD_SAMPLES // 5))
+    x, y = data["X_test"][sel].to(device), y_all[sel].to(device)
+    correct = attack_pgd.predict(model, x) == y
+    record = {"settings": {"pgd_samples": len(y), "spsa_samples": SPSA_SAMPLES,
+                           "spsa_iters": SPSA_ITERS, "repeats": args.repeats, "model": source,
+                           "threads": torch.get_num_threads()}, **run_info(device)}
+    # PGD-100, eps 0.03: ours vs the straightforward loop on the clean-correct samples
+    xc, yc = x[correct], y[correct]
+    eps = 0.03
+    t_ours, _ = median_time(lambda: attack_pgd.pgd_attack(model, xc, yc, eps, 100), args.repeats)
+    t_naive, _ = median_time(lambda: naive_paper_pgd(model, xc, yc, eps, 100, 0.01, 0),
+                             max(1, args.repeats // 2))
+    ours_adv = attack_pgd.pgd_attack(model, xc, yc, eps, 100)
+    naive_adv = naive_paper_pgd(model, xc, yc, eps, 100, 0.01, 0)
+    same = bool(torch.allclose(ours_adv, naive_adv, atol=1e-6))
+    fooled = float((attack_pgd.predict(model, ours_adv) != yc).float().mean())
+    record["pgd"] = {"eps": eps, "samples": len(yc), "ours_s": t_ours, "naive_s": t_naive,
+                     "ours_samples_per_s": len(yc) / t_ours, "naive_samples_per_s": len(yc) / t_naive,
+                     "speedup": t_naive / t_ours, "same_output": same, "fooled_fraction": fooled}
+    print(f"PGD-100: ours {len(yc) / t_ours:.0f} samples/s, naive {len(yc) / t_naive:.0f} samples/s")
+    # SPSA: batched vs per-sample loop on the same samples and seeds (eps 0.01: few flip, so
+    # both do nearly every iteration; they do the same work either way)
+    sidx = torch.nonzero(correct).flatten()[:SPSA_SAMPLES]
+    xs, ys = x[sidx], y[sidx]
+    kw = dict(steps=SPSA_ITERS, n_dirs=2048, seed=0, sample_ids=sel[sidx.cpu()].numpy())
+    t_b, _ = median_time(lambda: attack_spsa.spsa_attack(model, xs, ys, 0.01, **kw), args.repeats)
+    t_l, _ = median_time(lambda: attack_spsa.spsa_per_sample_loop(model, xs, ys, 0.01, **kw),
+                         max(1, args.repeats // 2), warmup=0)
+    same = bool(torch.allclose(attack_spsa.spsa_attack(model, xs, ys, 0.01, **kw),
+                               attack_spsa.spsa_per_sample_loop(model, xs, ys, 0.01, **kw), atol=1e-6))
+    per = lambda t: t / (len(ys) * SPSA_ITERS)
+    record["spsa"] = {"samples": len(ys), "iters": SPSA_ITERS, "n_dirs": 2048,
+                      "batched_s_per_iter_sample": per(t_b), "loop_s_per_iter_sample": per(t_l),
+                      "speedup": t_l / t_b, "same_output": same,
+                      "batch_size": attack_spsa.BATCH_SIZE, "chunk_rows": attack_spsa.CHUNK_ROWS}
+    print(f"SPSA: batched {per(t_b) * 1e3:.0f} ms, loop {per(t_l) * 1e3:.0f} ms per iteration "
+          f"per sample -> {t_l / t_b:.2f}x")
+    p, s = record["pgd"], record["spsa"]
+    table = "\n".join([
+        "# Attack speed (CNN)", "",
+        f"{record['device']}, torch {record['torch']}, {torch.get_num_threads()} threads; model: "
+        f"{source}; medians of {args.repeats} repeats.", "",
+        "| attack | ours | straightforward | speedup | same output |", "|---|---:|---:|---:|---|",
+        f"| paper PGD-100, eps {eps}, {p['samples']} beats | {p['ours_samples_per_s']:.0f} "
+        f"samples/s | {p['naive_samples_per_s']:.0f} samples/s | {p['speedup']:.2f}x | {p['same_output']} |",
+        f"| SPSA, 2048 dirs, {s['samples']} beats x {s['iters']} iters | "
+        f"{s['batched_s_per_iter_sample'] * 1e3:.0f} ms / iter / sample | "
+        f"{s['loop_s_per_iter_sample'] * 1e3:.0f} ms / iter / sample | {s['speedup']:.2f}x | "
+        f"{s['same_output']} |", "",
+        f"PGD-100 fooled {p['fooled_fraction']:.0%} of the attacked beats at eps {eps}. "
+        "Straightforward PGD: the whole batch for all 100 steps with torch.optim.Adamax; ours "
+        "drops fooled beats from the batch. Straightforward SPSA: one beat at a time, its "
+        "2 x 2048 evaluations in one forward (the reference's shape), under no_grad; ours: "
+        f"{s['batch_size']} beats at a time, {s['chunk_rows']}-row forwards, inference_mode.", ""])
+    write("attack", record, table)
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

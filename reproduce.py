@@ -1,0 +1,217 @@
+"""One command from data to report: train, attack, evaluate. Resumable.
+
+    python reproduce.py quick               # the demo: <= 10 min on 2 CPU cores -> results/report.md
+    python reproduce.py paper               # the full protocol of SPEC 4-6 -> results/paper/report.md
+    python reproduce.py paper --device cuda --dry-run    # print the plan and the time estimate
+
+(`bash reproduce.sh quick` does the same after installing what is needed.)
+
+quick: the committed real sample unless the Kaggle CSVs are in ecg/ (then the full data, still
+with short epochs); trains CE, MSE+margin, Jacobian, adv 0.1 and NSR for both archs for a few
+short epochs, attacks each with the paper's PGD (fewer steps) on a balanced subset at every eps
+(plus eps 1.0 and standard PGD with restarts for the sanity checks), SPSA on a small balanced
+subset at two eps, white noise; then evaluate.py.
+paper: all 9 models per arch, 50 epochs, PGD-100 on the whole test split, SPSA on the 810 beats,
+white noise at every eps, the sanity-check runs; then evaluate.py.
+
+Every step is skipped when its output exists (a finished training run, a result JSON), and a
+training run that was killed continues from its last epoch (--resume), so re-running the same
+command after an interruption picks up where it stopped.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import attack_pgd
+import attack_spsa
+import evaluate
+import preprocess
+import train_baseline
+import train_nsr
+from models import tune_malloc
+
+BENCH_TRAIN = "results/bench/train.json"
+
+# (script, method, extra flags) of each model; the name is what train_* will call it.
+PAPER_MODELS = [("baseline", "ce", []), ("baseline", "mse", []), ("baseline", "mse_margin", []),
+                ("baseline", "jacob", []), ("baseline", "adv", ["--adv-eps", "0.1"]),
+                ("baseline", "adv", ["--adv-eps", "0.2"]), ("baseline", "adv", ["--adv-eps", "0.3"]),
+                ("nsr", "align", []), ("nsr", "nsr", [])]
+QUICK_MODELS = [("baseline", "ce", []), ("baseline", "mse_margin", []), ("baseline", "jacob", []),
+                ("baseline", "adv", ["--adv-eps", "0.1"]), ("nsr", "nsr", [])]
+
+PRESETS = {
+    "quick": {"results": "results", "models": QUICK_MODELS, "epochs": 4,
+              "max_train_samples": 6000,
+              "pgd": {"steps": 50, "max_samples": 250},          # 50 beats per class
+              "pgd_check": {"steps": 20, "sign_restarts": 2, "eps_one": True},
+              "spsa": {"per_class": 5, "steps": 20, "n_dirs": 256, "eps": [0.03, 0.1]},
+              "noise": {"max_samples": 250}},
+    "paper": {"results": "results/paper", "models": PAPER_MODELS, "epochs": 50,
+              "max_train_samples": None,
+              "pgd": {"steps": 100, "max_samples": None},
+              "pgd_check": {"steps": 20, "sign_restarts": 5, "eps_one": True, "max_samples": 1000},
+              "spsa": {"per_class": 162, "steps": 100, "n_dirs": 2048,
+                       "eps": attack_spsa.EPS_LIST},
+              "noise": {"max_samples": None}},
+}
+# CPU throughputs used when results/bench/train.json is absent (measured on 2 cores)
+DEFAULT_SPS = {("mlp", m): v for m, v in [("ce", 1.3e5), ("mse", 1.5e5), ("mse_margin", 1.2e5),
+               ("jacob", 3.5e4), ("adv", 1.9e4), ("align", 7.7e4), ("nsr", 7.2e4)]}
+DEFAULT_SPS.update({("cnn", m): v for m, v in [("ce", 6.2e3), ("mse", 6.7e3),
+                    ("mse_margin", 6.7e3), ("jacob", 1.0e3), ("adv", 6.8e2), ("align", 3.2e3),
+                    ("nsr", 3.2e3)]})
+
+
+def model_name(arch, method, extra):
+    if method == "adv":
+        return f"{arch}_adv_{float(extra[1]):g}"
+    if method in ("nsr", "align"):
+        beta = (train_nsr.NSR_BETA if method == "nsr" else train_nsr.ALIGN_BETA)[arch]
+        return f"{arch}_{method}_{beta:g}"
+    return f"{arch}_{method}"
+
+
+def finished(ckpt_path, epochs):
+    if not os.path.exists(ckpt_path):
+        return False
+    import torch
+    try:
+        return torch.load(ckpt_path, map_location="cpu", weights_only=True)["epoch"] + 1 >= epochs
+    except Exception:
+        return False
+
+
+def estimate_minutes(preset, device, n_train):
+    sps = dict(DEFAULT_SPS)
+    if os.path.exists(BENCH_TRAIN):
+        with open(BENCH_TRAIN) as f:
+            for r in json.load(f).get("throughput", []):
+                sps[(r["arch"], r["method"])] = r["samples_per_s"]
+    per_epoch = preset["max_train_samples"] or n_train
+    train_s = sum(preset["epochs"] * per_epoch / sps[(arch, method)]
+                  for arch in ("mlp", "cnn") for _, method, _ in preset["models"])
+    return train_s / 60
+
+
+def step(label, fn, argv):
+    print(f"\n=== {label}: {' '.join(argv)}", flush=True)
+    rc = fn(argv)
+    if rc:
+        raise SystemExit(f"step failed ({label}), exit code {rc}: fix it and re-run to resume")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("preset", choices=sorted(PRESETS))
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--data-dir", default=preprocess.DATA_DIR)
+    p.add_argument("--results-dir", default=None, help="default: results (quick), results/paper")
+    p.add_argument("--archs", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"])
+    p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
+    # overrides (tests use tiny values)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--pgd-steps", type=int, default=None)
+    p.add_argument("--pgd-samples", type=int, default=None)
+    p.add_argument("--spsa-steps", type=int, default=None)
+    p.add_argument("--spsa-dirs", type=int, default=None)
+    args = p.parse_args(argv)
+    preset = json.loads(json.dumps(PRESETS[args.preset]))
+    for key, (section, field) in {"epochs": (None, "epochs"),
+                                  "max_train_samples": (None, "max_train_samples"),
+                                  "pgd_steps": ("pgd", "steps"), "pgd_samples": ("pgd", "max_samples"),
+                                  "spsa_steps": ("spsa", "steps"),
+                                  "spsa_dirs": ("spsa", "n_dirs")}.items():
+        v = getattr(args, key)
+        if v is not None:
+            (preset if section is None else preset[section])[field] = v
+    if args.pgd_samples is not None:
+        preset["noise"]["max_samples"] = args.pgd_samples
+    results = args.results_dir or preset["results"]
+    t_start = time.perf_counter()
+    tune_malloc()
+
+    # --- data
+    kaggle = all(os.path.exists(os.path.join(args.data_dir, f))
+                 for f in (preprocess.TRAIN_CSV, preprocess.TEST_CSV))
+    sample = args.preset == "quick" and not kaggle
+    if args.preset == "paper" and not kaggle:
+        print(f"error: the paper preset needs the full data: put the Kaggle CSVs in "
+              f"{args.data_dir}/ or run 'python preprocess.py --wfdb DIR' first", file=sys.stderr)
+        return 2
+    if sample:
+        print(f"No Kaggle CSVs in {args.data_dir}/: using the committed real sample "
+              f"({os.path.relpath(preprocess.SAMPLE_NPZ)}, beats rebuilt from MIT-BIH records).")
+    data_flags = ["--data-dir", args.data_dir] + (["--sample"] if sample else [])
+    step("data", preprocess.main, ["--data-dir", args.data_dir] + (["--sample"] if sample else []))
+    n_train = 5 * max(__import__("numpy").bincount(
+        preprocess.load_cache(args.data_dir, sample)["Y_train"].numpy()))
+    est = estimate_minutes(preset, args.device, n_train)
+    print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs, {preset['epochs']} "
+          f"epochs of {preset['max_train_samples'] or n_train} samples; estimated training time "
+          f"on this CPU (2 cores, results/bench/train.json): {est:.0f} min"
+          + ("; on a GPU expect it several times shorter (not measured here)"
+             if args.device != "cpu" else "")
+          + f". Results under {results}/.")
+    if args.dry_run:
+        return 0
+
+    # --- training
+    ckpt_dir = os.path.join(results, "checkpoints")
+    names = []
+    for arch in args.archs:
+        for script, method, extra in preset["models"]:
+            name = model_name(arch, method, extra)
+            names.append(name)
+            if finished(os.path.join(ckpt_dir, f"{name}.pt"), preset["epochs"]):
+                print(f"=== train {name}: done, skipped")
+                continue
+            fn = train_nsr.main if script == "nsr" else train_baseline.main
+            flags = ["--arch", arch, "--method", method, *extra, "--epochs", str(preset["epochs"]),
+                     "--device", args.device, "--out-dir", ckpt_dir, "--resume", *data_flags]
+            if preset["max_train_samples"]:
+                flags += ["--max-train-samples", str(preset["max_train_samples"])]
+            step(f"train {name}", fn, flags)
+
+    # --- attacks
+    attack_dir = os.path.join(results, "attacks")
+    pgd, chk, spsa = preset["pgd"], preset["pgd_check"], preset["spsa"]
+    flag = lambda n: ["--max-samples", str(n)] if n else []
+    n_main, n_chk = pgd["max_samples"], chk.get("max_samples", pgd["max_samples"])
+    chk_eps = ["--eps", "0.03", "0.1"]
+    for name in names:
+        target = ["--checkpoint", os.path.join(ckpt_dir, f"{name}_best.pt"), "--device",
+                  args.device, "--out-dir", attack_dir, *data_flags]
+        step(f"PGD {name}", attack_pgd.main, target + flag(n_main) + ["--steps", str(pgd["steps"])])
+        # sanity-check runs (SPEC 7): fewer steps, one vs several restarts, eps 1, noise, SPSA
+        if n_chk != n_main:
+            step(f"PGD on the check subset {name}", attack_pgd.main,
+                 target + flag(n_chk) + ["--steps", str(pgd["steps"])] + chk_eps)
+        step(f"PGD fewer steps {name}", attack_pgd.main,
+             target + flag(n_chk) + ["--steps", str(chk["steps"])] + chk_eps)
+        for restarts in (1, chk["sign_restarts"]):
+            step(f"sign PGD x{restarts} {name}", attack_pgd.main,
+                 target + flag(n_chk) + ["--variant", "sign", "--loss", "margin", "--steps",
+                                         str(chk["steps"]), "--restarts", str(restarts)] + chk_eps)
+        if chk["eps_one"]:
+            step(f"PGD eps 1 {name}", attack_pgd.main,
+                 target + flag(n_chk) + ["--steps", str(chk["steps"]), "--step-size", "0.05",
+                                         "--eps", "1.0"])
+        step(f"noise {name}", attack_pgd.main, target + flag(preset["noise"]["max_samples"])
+             + ["--noise"])
+        step(f"SPSA {name}", attack_spsa.main,
+             target + ["--per-class", str(spsa["per_class"]), "--steps", str(spsa["steps"]),
+                       "--n-dirs", str(spsa["n_dirs"]), "--eps", *map(str, spsa["eps"])])
+
+    # --- report
+    step("evaluate", evaluate.main, ["--results-dir", results])
+    print(f"\nreport: {os.path.join(results, 'report.md')} "
+          f"(total {(time.perf_counter() - t_start) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
