@@ -43,8 +43,8 @@ QUICK_MODELS = [("baseline", "ce", []), ("baseline", "mse_margin", []), ("baseli
                 ("baseline", "adv", ["--adv-eps", "0.1"]), ("nsr", "nsr", [])]
 
 PRESETS = {
-    "quick": {"results": "results", "models": QUICK_MODELS, "epochs": 4,
-              "max_train_samples": 6000,
+    "quick": {"results": "results", "models": QUICK_MODELS, "epochs": 6,
+              "max_train_samples": 8000,
               "pgd": {"steps": 50, "max_samples": 250},          # 50 beats per class
               "pgd_check": {"steps": 20, "sign_restarts": 2, "eps_one": True},
               "spsa": {"per_class": 5, "steps": 20, "n_dirs": 256, "eps": [0.03, 0.1]},

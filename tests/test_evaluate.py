@@ -1,0 +1,159 @@
+"""evaluate.py on hand-written result JSONs, and an end-to-end run of the quick preset."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import evaluate
+import reproduce
+
+CFG = {"ce": {"method": "ce", "arch": "cnn", "name": "cnn_ce"},
+       "nsr": {"method": "nsr", "arch": "cnn", "beta": 0.3, "name": "cnn_nsr_0.3"}}
+
+
+def result(model, method, attack, eps, n_correct, n=20, settings=None, indices=None,
+           zero_grad=0, max_linf=None):
+    """A result where the first n_correct of n beats (4 per class) stay correct."""
+    labels = [i % 5 for i in range(n)]
+    adv = [y if i < n_correct else (y + 1) % 5 for i, y in enumerate(labels)]
+    s = {"eps": eps, "steps": 100, "step_size": 0.01, "variant": "paper", "loss": "ce",
+         "restarts": 1, "seed": 0}
+    if attack == "spsa":
+        s = {"eps": eps, "steps": 100, "n_dirs": 2048, "seed": 0}
+    if attack == "noise":
+        s = {"eps": eps, "seed": 0}
+    s.update(settings or {})
+    from preprocess import classification_metrics
+    return {"kind": "nsr-ecg-attack-result", "model": model, "arch": "cnn", "method": method,
+            "model_config": CFG[method], "attack": attack, "eps": eps, "settings": s,
+            "clean": classification_metrics(labels, labels),
+            "adversarial": classification_metrics(labels, adv),
+            "indices": indices or list(range(n)), "labels": labels, "clean_pred": labels,
+            "adv_pred": adv, "max_linf": eps if max_linf is None else max_linf, "in_range": True,
+            "zero_grad_samples": zero_grad, "device": "cpu", "torch": "x", "git_commit": "y"}
+
+
+def write(d, name, r):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "w") as f:
+        json.dump(r, f)
+
+
+def clean_set(d):
+    a = os.path.join(d, "attacks")
+    for m, method, accs in [("cnn_ce", "ce", [18, 12, 6]), ("cnn_nsr_0.3", "nsr", [19, 16, 11])]:
+        for eps, c in zip((0.01, 0.03, 0.1), accs):
+            write(a, f"{m}__pgd__eps{eps}.json", result(m, method, "pgd-paper", eps, c))
+            write(a, f"{m}__noise__eps{eps}.json", result(m, method, "noise", eps, 20 - (20 - c) // 4))
+        write(a, f"{m}__spsa__eps0.03.json", result(m, method, "spsa", 0.03, accs[1] + 1))
+        write(a, f"{m}__sign1__eps0.03.json", result(m, method, "pgd-sign", 0.03, accs[1], settings=
+                                                     {"variant": "sign", "steps": 20}))
+        write(a, f"{m}__sign3__eps0.03.json", result(m, method, "pgd-sign", 0.03, accs[1] - 1, settings=
+                                                     {"variant": "sign", "steps": 20, "restarts": 3}))
+        write(a, f"{m}__eps1__eps1.json", result(m, method, "pgd-paper", 1.0, 0, settings={"steps": 20}))
+
+
+def statuses(report):
+    return {line.split("** ")[1].split(".")[0]: line.split("**")[1]
+            for line in report.splitlines() if line.startswith("- **")}
+
+
+def test_tables_cells_and_clean_checks(tmp_path, capsys):
+    clean_set(str(tmp_path))
+    assert evaluate.main(["--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING" not in out
+    df = pd.read_csv(tmp_path / "tables" / "pgd_cnn.csv")
+    assert list(df["method"]) == ["CE", "method 2 (NSR)"]       # the paper's order
+    row = df.set_index("model").loc["cnn_nsr_0.3"]
+    assert float(row["bacc_0.03"]) == pytest.approx(16 / 20)
+    assert float(row["acc_0.1"]) == pytest.approx(11 / 20)
+    assert float(row["clean_bacc"]) == 1.0
+    md = (tmp_path / "tables" / "pgd_cnn.md").read_text()
+    assert "| CE | 20 | 1.000 | 0.900 | 0.600 | 0.300 | 0.000 |" in md
+    assert (tmp_path / "tables" / "spsa_cnn.md").exists()
+    # worst case: sign PGD with 3 restarts fools one more beat than paper PGD at eps 0.03
+    worst = pd.read_csv(tmp_path / "tables" / "worst_cnn.csv").set_index("model")
+    assert float(worst.loc["cnn_ce", "acc_0.03"]) == pytest.approx(11 / 20)
+    report = (tmp_path / "report.md").read_text()
+    st = statuses(report)
+    assert st == {str(i): "PASS" for i in range(1, 9)}, st
+    for name in ("pgd_cnn.png", "spsa_cnn.png", "noise_cnn.png", "per_class_cnn.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 10_000
+
+
+def test_missing_cells_are_dashes(tmp_path):
+    clean_set(str(tmp_path))
+    os.remove(tmp_path / "attacks" / "cnn_nsr_0.3__pgd__eps0.1.json")
+    evaluate.main(["--results-dir", str(tmp_path)])
+    md = (tmp_path / "tables" / "pgd_cnn.md").read_text()
+    nsr_line = next(l for l in md.splitlines() if l.startswith("| method 2"))
+    cells = [c.strip() for c in nsr_line.split("|")[1:-1]]
+    assert cells[5] == "-" and cells[6] == "0.000"   # eps 0.1 missing; eps 1 a real 0
+
+
+def test_planted_problems_are_flagged(tmp_path, capsys):
+    clean_set(str(tmp_path))
+    a = tmp_path / "attacks"
+    # non-monotone curve: more accurate at eps 0.1 than at 0.03
+    write(a, "cnn_ce__pgd__eps0.1.json", result("cnn_ce", "ce", "pgd-paper", 0.1, 15))
+    # SPSA beats PGD by far on the same beats (gradient masking)
+    write(a, "cnn_nsr_0.3__spsa__eps0.03.json", result("cnn_nsr_0.3", "nsr", "spsa", 0.03, 5))
+    # an input outside the budget
+    write(a, "cnn_nsr_0.3__pgd__eps0.01.json",
+          result("cnn_nsr_0.3", "nsr", "pgd-paper", 0.01, 19, max_linf=0.02))
+    # many zero gradients
+    write(a, "cnn_ce__noise__eps0.01.json", result("cnn_ce", "ce", "noise", 0.01, 20, zero_grad=5))
+    evaluate.main(["--results-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    st = statuses((tmp_path / "report.md").read_text())
+    assert st["1"] == "FAIL" and st["3"] == "FAIL" and st["6"] == "FAIL" and st["8"] == "FAIL"
+    assert st["2"] == "PASS" and st["5"] == "PASS"
+    assert "WARNING: sanity check 1." in out and "eps 0.03 but 15/20 at eps 0.1" in out
+    assert "WARNING: sanity check 3." in out and "SPSA leaves 5/20 correct" in out
+    assert "WARNING: sanity check 6." in out and "WARNING: sanity check 8." in out
+
+
+def test_corrupt_and_foreign_json_are_named_and_skipped(tmp_path, capsys):
+    clean_set(str(tmp_path))
+    (tmp_path / "attacks" / "broken.json").write_text('{"kind": "nsr-ecg-attack-res')
+    (tmp_path / "attacks" / "foreign.json").write_text('{"hello": 1}')
+    assert evaluate.main(["--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: skipped" in out and "broken.json" in out and "foreign.json" in out
+    report = (tmp_path / "report.md").read_text()
+    assert "2 skipped" in report
+
+
+def test_not_run_checks(tmp_path):
+    a = tmp_path / "attacks"
+    write(a, "x.json", result("cnn_ce", "ce", "pgd-paper", 0.03, 10))
+    evaluate.main(["--results-dir", str(tmp_path)])
+    st = statuses((tmp_path / "report.md").read_text())
+    assert st["3"] == "not run" and st["5"] == "not run" and st["6"] == "PASS"
+
+
+def test_quick_preset_end_to_end_tiny(sample_dir, tmp_path):
+    """The quick preset with tiny settings: data -> 10 models -> attacks -> report."""
+    data_dir = tmp_path / "ecg"
+    data_dir.mkdir()
+    res = tmp_path / "results"
+    argv = ["quick", "--device", "cpu", "--data-dir", str(data_dir), "--results-dir", str(res),
+            "--epochs", "1", "--max-train-samples", "256", "--pgd-steps", "3",
+            "--pgd-samples", "25", "--spsa-steps", "2", "--spsa-dirs", "8"]
+    assert reproduce.main(argv) == 0
+    report = (res / "report.md").read_text()
+    assert "White-box PGD" in report and "Sanity checks" in report
+    for arch in ("mlp", "cnn"):
+        for kind in ("pgd", "spsa", "noise"):
+            assert (res / "tables" / f"{kind}_{arch}.md").exists()
+        png = res / "figures" / f"pgd_{arch}.png"
+        from matplotlib.image import imread
+        img = imread(str(png))
+        assert img.shape[0] > 200 and img[..., :3].std() > 0.05    # opens, not blank
+    n_results = len(os.listdir(res / "attacks"))
+    # resumable: a second run skips every finished step and rewrites the same report
+    assert reproduce.main(argv) == 0
+    assert len(os.listdir(res / "attacks")) == n_results
