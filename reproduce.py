@@ -30,7 +30,7 @@ import evaluate
 import preprocess
 import train_baseline
 import train_nsr
-from models import tune_malloc
+from models import get_device, tune_malloc
 
 BENCH_TRAIN = "results/bench/train.json"
 
@@ -96,6 +96,22 @@ def estimate_minutes(preset, device, n_train):
     return train_s / 60
 
 
+def estimate_attack_minutes(preset, n_test):
+    """Upper bound for the CNNs (no early stop) from results/bench/attack.json; MLPs are ~10x
+    cheaper. PGD: every eps on its beats; SPSA: per beat and iteration."""
+    pgd_sps, spsa_s = 130.0, 0.13
+    path = BENCH_TRAIN.replace("train", "attack")
+    if os.path.exists(path):
+        with open(path) as f:
+            b = json.load(f)
+        pgd_sps, spsa_s = b["pgd"]["ours_samples_per_s"], b["spsa"]["batched_s_per_iter_sample"]
+    n_pgd = preset["pgd"]["max_samples"] or n_test
+    pgd = len(attack_pgd.EPS_LIST) * n_pgd * preset["pgd"]["steps"] / 100 / pgd_sps
+    sp = preset["spsa"]
+    spsa = (len(sp["eps"]) * 5 * sp["per_class"] * sp["steps"] * spsa_s * sp["n_dirs"] / 2048)
+    return len(preset["models"]) * (pgd + spsa) / 60
+
+
 def step(label, fn, argv):
     print(f"\n=== {label}: {' '.join(argv)}", flush=True)
     rc = fn(argv)
@@ -150,11 +166,14 @@ def main(argv=None):
     n_train = 5 * max(__import__("numpy").bincount(
         preprocess.load_cache(args.data_dir, sample)["Y_train"].numpy()))
     est = estimate_minutes(preset, args.device, n_train)
+    n_test = len(preprocess.load_cache(args.data_dir, sample)["Y_test"])
+    est_att = estimate_attack_minutes(preset, n_test)
     print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs, {preset['epochs']} "
-          f"epochs of {preset['max_train_samples'] or n_train} samples; estimated training time "
-          f"on this CPU (2 cores, results/bench/train.json): {est:.0f} min"
-          + ("; on a GPU expect it several times shorter (not measured here)"
-             if args.device != "cpu" else "")
+          f"epochs of {preset['max_train_samples'] or n_train} samples. Estimated on a 2-core CPU "
+          f"(from results/bench): training {est / 60:.1f} h, attacks on the CNNs at most "
+          f"{est_att / 60:.1f} h (less: fooled beats stop early)"
+          + ("; a GPU should be many times faster (not measured here)"
+             if get_device(args.device).type != "cpu" else "")
           + f". Results under {results}/.")
     if args.dry_run:
         return 0
