@@ -143,6 +143,36 @@ def pgd_attack(model, x, y, eps, steps=STEPS, step_size=STEP_SIZE, variant=VARIA
     return x_adv
 
 
+def pgd_paper_naive(model, x, y, eps, steps=STEPS, step_size=STEP_SIZE, seed=SEED):
+    """SPEC 5's PGD written plainly: all clean-correct samples stay in the batch for every step,
+    torch.optim.Adamax on the noise, a fooled sample keeps its first fooling input. Same output
+    as pgd_attack (one batch, one restart), only slower: the tests' oracle, bench.py's baseline."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    correct = predict(model, x) == y
+    xc, yc = x[correct], y[correct]
+    noise = torch.nn.Parameter(uniform_start(xc.shape, eps, gen, x.device))
+    opt = torch.optim.Adamax([noise], lr=step_size)
+    out, done = xc.clone(), torch.zeros(len(yc), dtype=torch.bool, device=x.device)
+    for t in range(steps + 1):
+        x_in = (xc + noise).clamp(0, 1)
+        z = model(x_in)
+        fooled = (z.argmax(1) != yc) & ~done
+        out[fooled] = x_in[fooled].detach()
+        done |= fooled
+        if t == steps:
+            out[~done] = x_in[~done].detach()
+            break
+        opt.zero_grad()
+        (-F.cross_entropy(z, yc, reduction="sum")).backward()   # ascent on CE
+        noise.grad.sign_()
+        opt.step()
+        with torch.no_grad():
+            noise.clamp_(-eps, eps)
+    x_adv = x.clone()
+    x_adv[correct] = out
+    return x_adv
+
+
 def noise_attack(model, x, y, eps, seed=SEED):
     """Uniform white noise in [-eps, eps] on the clean-correct samples, clamped to [0, 1]."""
     gen = torch.Generator(device=x.device).manual_seed(seed)

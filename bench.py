@@ -184,31 +184,6 @@ def bench_train(args):
 
 
 # ----------------------------------------------------------------------------- attack
-def naive_paper_pgd(model, x, y, eps, steps, step_size, seed):
-    """The straightforward PGD-100 of SPEC 5: whole batch every step, torch.optim.Adamax on the
-    noise, a fooled sample's first fooling input kept but the sample stays in the batch."""
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    noise = torch.nn.Parameter((torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps)
-    opt = torch.optim.Adamax([noise], lr=step_size)
-    out, done = x.clone(), torch.zeros(len(y), dtype=torch.bool, device=x.device)
-    for t in range(steps + 1):
-        x_in = (x + noise).clamp(0, 1)
-        z = model(x_in)
-        fooled = (z.argmax(1) != y) & ~done
-        out[fooled] = x_in[fooled].detach()
-        done |= fooled
-        if t == steps:
-            out[~done] = x_in[~done].detach()
-            break
-        opt.zero_grad()
-        (-F.cross_entropy(z, y)).backward()
-        noise.grad.sign_()
-        opt.step()
-        with torch.no_grad():
-            noise.clamp_(-eps, eps)
-    return out
-
-
 def bench_attack(args):
     import attack_pgd
     import attack_spsa
@@ -234,10 +209,10 @@ def bench_attack(args):
     xc, yc = x[correct], y[correct]
     eps = 0.03
     t_ours, _ = median_time(lambda: attack_pgd.pgd_attack(model, xc, yc, eps, 100), args.repeats)
-    t_naive, _ = median_time(lambda: naive_paper_pgd(model, xc, yc, eps, 100, 0.01, 0),
+    t_naive, _ = median_time(lambda: attack_pgd.pgd_paper_naive(model, xc, yc, eps, 100, 0.01, 0),
                              max(1, args.repeats // 2))
     ours_adv = attack_pgd.pgd_attack(model, xc, yc, eps, 100)
-    naive_adv = naive_paper_pgd(model, xc, yc, eps, 100, 0.01, 0)
+    naive_adv = attack_pgd.pgd_paper_naive(model, xc, yc, eps, 100, 0.01, 0)
     same = bool(torch.allclose(ours_adv, naive_adv, atol=1e-6))
     fooled = float((attack_pgd.predict(model, ours_adv) != yc).float().mean())
     record["pgd"] = {"eps": eps, "samples": len(yc), "ours_s": t_ours, "naive_s": t_naive,

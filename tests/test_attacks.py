@@ -105,39 +105,11 @@ def test_white_noise_does_less_damage_than_pgd(trained):
         assert pgd < noise - 0.1, (eps, pgd, noise)
 
 
-def naive_paper_pgd(model, x, y, eps, steps, step_size, seed):
-    """SPEC 5 written out plainly with torch.optim.Adamax on the noise."""
-    gen = torch.Generator().manual_seed(seed)
-    correct = model(x).argmax(1) == y
-    xc, yc = x[correct], y[correct]
-    noise = torch.nn.Parameter((torch.rand(xc.shape, generator=gen) * 2 - 1) * eps)
-    opt = torch.optim.Adamax([noise], lr=step_size)
-    out, done = xc.clone(), torch.zeros(len(yc), dtype=torch.bool)
-    for t in range(steps + 1):
-        x_in = (xc + noise).clamp(0, 1)
-        z = model(x_in)
-        fooled = (z.argmax(1) != yc) & ~done
-        out[fooled] = x_in[fooled].detach()
-        done |= fooled
-        if t == steps:
-            out[~done] = x_in[~done].detach()
-            break
-        opt.zero_grad()
-        (-F.cross_entropy(z, yc, reduction="sum")).backward()   # ascent on CE
-        noise.grad.sign_()
-        opt.step()
-        with torch.no_grad():
-            noise.clamp_(-eps, eps)
-    x_adv = x.clone()
-    x_adv[correct] = out
-    return x_adv
-
-
 @pytest.mark.parametrize("eps", [0.03, 0.1])
 def test_paper_pgd_equals_naive_loop(trained, eps):
     model, x, y = trained
     ours = attack_pgd.pgd_attack(model, x, y, eps, steps=30, seed=3)
-    ref = naive_paper_pgd(model, x, y, eps, 30, 0.01, seed=3)
+    ref = attack_pgd.pgd_paper_naive(model, x, y, eps, 30, 0.01, seed=3)
     assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
     assert (attack_pgd.predict(model, ours) != y).sum() > 0      # the attack did something
 
