@@ -24,6 +24,9 @@ import os
 import sys
 import time
 
+import numpy as np
+import torch
+
 import attack_pgd
 import attack_spsa
 import evaluate
@@ -77,14 +80,13 @@ def model_name(arch, method, extra):
 def finished(ckpt_path, epochs):
     if not os.path.exists(ckpt_path):
         return False
-    import torch
     try:
         return torch.load(ckpt_path, map_location="cpu", weights_only=True)["epoch"] + 1 >= epochs
     except Exception:
         return False
 
 
-def estimate_minutes(preset, device, n_train):
+def estimate_minutes(preset, n_train):
     sps = dict(DEFAULT_SPS)
     if os.path.exists(BENCH_TRAIN):
         with open(BENCH_TRAIN) as f:
@@ -163,10 +165,10 @@ def main(argv=None):
               f"({os.path.relpath(preprocess.SAMPLE_NPZ)}, beats rebuilt from MIT-BIH records).")
     data_flags = ["--data-dir", args.data_dir] + (["--sample"] if sample else [])
     step("data", preprocess.main, ["--data-dir", args.data_dir] + (["--sample"] if sample else []))
-    n_train = 5 * max(__import__("numpy").bincount(
-        preprocess.load_cache(args.data_dir, sample)["Y_train"].numpy()))
-    est = estimate_minutes(preset, args.device, n_train)
-    n_test = len(preprocess.load_cache(args.data_dir, sample)["Y_test"])
+    cache = preprocess.load_cache(args.data_dir, sample)
+    n_train = 5 * int(np.bincount(cache["Y_train"].numpy()).max())   # one balanced epoch
+    est = estimate_minutes(preset, n_train)
+    n_test = len(cache["Y_test"])
     est_att = estimate_attack_minutes(preset, n_test)
     print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs, {preset['epochs']} "
           f"epochs of {preset['max_train_samples'] or n_train} samples. Estimated on a 2-core CPU "
