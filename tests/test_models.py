@@ -86,7 +86,7 @@ def test_dead_unit_reinit_touches_only_zero_gradient_units():
         changed = (layer.weight != w0).any(dim=1).nonzero().flatten().tolist()
         assert changed == dead[id(layer)], name
         for u in changed:
-            assert float(layer.weight[u].norm()) == pytest.approx(1.0, abs=1e-6)
+            assert float(layer.weight[u].detach().norm()) == pytest.approx(1.0, abs=1e-6)
             assert layer.bias[u] == 0
         assert (layer.grad_acc == 0).all()     # totals reset for the next epoch
 
