@@ -92,7 +92,7 @@ def estimate_minutes(preset, n_train):
         with open(BENCH_TRAIN) as f:
             for r in json.load(f).get("throughput", []):
                 sps[(r["arch"], r["method"])] = r["samples_per_s"]
-    per_epoch = preset["max_train_samples"] or n_train
+    per_epoch = min(preset["max_train_samples"] or n_train, n_train)
     train_s = sum(preset["epochs"] * per_epoch / sps[(arch, method)]
                   for arch in ("mlp", "cnn") for _, method, _ in preset["models"])
     return train_s / 60
@@ -170,10 +170,12 @@ def main(argv=None):
     est = estimate_minutes(preset, n_train)
     n_test = len(cache["Y_test"])
     est_att = estimate_attack_minutes(preset, n_test)
+    hours = lambda m: f"{m / 60:.1f} h" if m >= 60 else f"{m:.0f} min"
+    per_epoch = min(preset["max_train_samples"] or n_train, n_train)
     print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs, {preset['epochs']} "
-          f"epochs of {preset['max_train_samples'] or n_train} samples. Estimated on a 2-core CPU "
-          f"(from results/bench): training {est / 60:.1f} h, attacks on the CNNs at most "
-          f"{est_att / 60:.1f} h (less: fooled beats stop early)"
+          f"epochs of {per_epoch} samples. Estimated on a 2-core CPU (from results/bench): "
+          f"training {hours(est)}, attacks on the CNNs at most {hours(est_att)} (less: fooled "
+          "beats stop early)"
           + ("; a GPU should be many times faster (not measured here)"
              if get_device(args.device).type != "cpu" else "")
           + f". Results under {results}/.")
