@@ -297,19 +297,18 @@ def main(argv=None):
     tune_malloc()
     torch.manual_seed(args.seed)
     data_meta = {"sample": args.sample, "max_samples": args.max_samples}
+    subset = f"-n{len(idx)}" if args.max_samples else ""
     for eps in eps_list:
         if args.noise:
-            attack, tag = "noise", "noise"
+            attack, tag = "noise", "noise" + subset
             settings = {"eps": eps, "seed": args.seed}
         else:
             attack = f"pgd-{args.variant}"
             tag = (f"pgd-{args.variant}-{args.loss}-s{args.steps}-r{args.restarts}"
-                   + (f"-n{len(idx)}" if args.max_samples else ""))
+                   + (f"-lr{args.step_size:g}" if args.step_size != STEP_SIZE else "") + subset)
             settings = {"eps": eps, "steps": args.steps, "step_size": args.step_size,
                         "variant": args.variant, "loss": args.loss, "restarts": args.restarts,
                         "seed": args.seed, "batch_size": args.batch_size}
-        if args.noise and args.max_samples:
-            tag += f"-n{len(idx)}"
         name = model_name(ckpt, args.checkpoint)
         out = os.path.join(args.out_dir, f"{name}__{tag}__eps{eps:g}.json")
         if os.path.exists(out) and not args.force:
