@@ -48,14 +48,18 @@ ADAMAX_EPS = 1e-8
 
 
 # ----------------------------------------------------------------------------- attack cores
+def margin(z, y):
+    """f = max_{j != y} z_j - z_y per sample (> 0 once the label has flipped)."""
+    zy = z.gather(1, y[:, None]).squeeze(1)
+    return z.scatter(1, y[:, None], float("-inf")).amax(dim=1) - zy
+
+
 def attack_loss(z, y, loss="ce"):
     """Summed over samples (the sign of the gradient makes the scale irrelevant)."""
     if loss == "ce":
         return F.cross_entropy(z, y, reduction="sum")
-    if loss == "margin":     # max_{j != y} z_j - z_y  (positive once fooled)
-        zy = z.gather(1, y[:, None]).squeeze(1)
-        other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(dim=1)
-        return (other - zy).sum()
+    if loss == "margin":
+        return margin(z, y).sum()
     raise ValueError(f"unknown attack loss {loss!r}: choose ce or margin")
 
 

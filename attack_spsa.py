@@ -28,7 +28,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from attack_pgd import (add_target_args, adamax_ascent_, attack_loss, attack_record, load_target,
+from attack_pgd import (add_target_args, adamax_ascent_, attack_record, load_target, margin,
                         model_name, predict, summary_line, uniform_start, write_record)
 from models import get_device, tune_malloc
 from preprocess import DataError
@@ -43,12 +43,6 @@ SEED = 0
 BATCH_SIZE = 32            # samples attacked together
 CHUNK_ROWS = 256           # model rows per forward
 STREAM = 1_000_003         # per-sample generator seed = seed * STREAM + sample index
-
-
-def margin(z, y):
-    """f = max_{j != y} z_j - z_y per sample (> 0 once the label has flipped)."""
-    zy = z.gather(1, y[:, None]).squeeze(1)
-    return z.scatter(1, y[:, None], float("-inf")).amax(dim=1) - zy
 
 
 def sample_generator(seed, index, device):

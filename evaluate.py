@@ -8,7 +8,7 @@ named and skipped) and the training histories in checkpoints/, then writes under
   tables/{pgd,spsa,noise,worst}_{mlp,cnn}.md and .csv  rows = methods in the paper's order,
         columns = clean and each eps, cells = balanced accuracy (the CSV has plain accuracy too);
         a missing run is "-", never 0. "worst" is the per-sample worst case over every PGD variant,
-        restart and SPSA run of a model at an eps, on the beats all of them attacked.
+        restart and SPSA run of a model at an eps, on the beats of its largest run.
   figures/{pgd,spsa,noise,worst}_{arch}.png  accuracy-vs-eps curves, one line per method;
   figures/per_class_{arch}.png               per-class sensitivity, NSR vs CE, under PGD;
   report.md   the tables, figures, the settings behind every number and SPEC 7's checks 1-8,
@@ -32,14 +32,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from models import CLASS_NAMES, atomic_write, git_commit  # noqa: E402
 from preprocess import classification_metrics  # noqa: E402
+from train_baseline import JACOB_BETA  # noqa: E402
+from train_nsr import ALIGN_BETA, NSR_BETA  # noqa: E402
 
 RESULTS_DIR = "results"
 ARCHS = ("mlp", "cnn")
 METHOD_ORDER = ["ce", "mse", "mse_margin", "jacob", "adv", "align", "nsr"]
 METHOD_LABEL = {"ce": "CE", "mse": "MSE", "mse_margin": "MSE+margin", "jacob": "Jacobian",
                 "adv": "adv", "align": "method 1 (align)", "nsr": "method 2 (NSR)"}
-DEFAULT_BETA = {("nsr", "cnn"): 0.3, ("nsr", "mlp"): 0.4, ("align", "cnn"): 0.2,
-                ("align", "mlp"): 1.0, ("jacob", "cnn"): 0.7, ("jacob", "mlp"): 0.7}
+DEFAULT_BETA = {**{("nsr", a): b for a, b in NSR_BETA.items()},
+                **{("align", a): b for a, b in ALIGN_BETA.items()},
+                **{("jacob", a): JACOB_BETA for a in ARCHS}}
 REQUIRED = ("model", "arch", "attack", "eps", "settings", "clean", "adversarial", "indices",
             "labels", "clean_pred", "adv_pred", "max_linf", "in_range")
 ONE_SAMPLE = 1.0      # tolerance of checks 1-4: one sample in the count
@@ -108,10 +111,14 @@ def row_key(cfg, arch):
     return (order, beta or 0), label
 
 
+def run_settings(r):
+    """The settings of a run but eps and those that only change speed."""
+    return {k: v for k, v in r["settings"].items() if k not in ("eps", "batch_size", "chunk_rows")}
+
+
 def series_key(r):
     """Records that differ only in eps form one curve."""
-    s = {k: v for k, v in r["settings"].items() if k not in ("eps", "batch_size", "chunk_rows")}
-    return (r["model"], r["attack"], json.dumps(s, sort_keys=True), len(r["labels"]))
+    return (r["model"], r["attack"], json.dumps(run_settings(r), sort_keys=True), len(r["labels"]))
 
 
 def table_kind(r):
@@ -172,13 +179,15 @@ def build_table(records, arch, kind):
     if not cells:
         return None, {}
     chosen = {k: pick(v) for k, v in cells.items()}
-    models = sorted({m for m, _ in chosen}, key=lambda m: row_key(
-        next(r for (mm, _), r in chosen.items() if mm == m)["model_config"], arch)[0])
+    by_model = defaultdict(dict)
+    for (m, e), r in chosen.items():
+        by_model[m][e] = r
+    first_of = {m: pick(list(rs.values())) for m, rs in by_model.items()}
+    models = sorted(by_model, key=lambda m: row_key(first_of[m]["model_config"], arch)[0])
     eps_list = sorted({e for _, e in chosen if not (kind == "noise" and e == 0)})
     rows = []
     for m in models:
-        rs = {e: r for (mm, e), r in chosen.items() if mm == m}
-        first = pick(list(rs.values()))
+        rs, first = by_model[m], first_of[m]
         row = {"method": row_key(first["model_config"], arch)[1], "model": m,
                "clean_bacc": first["clean"]["balanced_accuracy"], "clean_acc": first["clean"]["accuracy"],
                "n": len(first["labels"])}
@@ -216,7 +225,7 @@ def plot_curves(df, path, title, xlabel="eps (L-inf, inputs in [0, 1])"):
     eps_cols = [c for c in df.columns if c.startswith("bacc_") and float(c[5:]) <= 0.5]
     xs = [0.0] + [float(c[5:]) for c in eps_cols]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for i, (_, r) in enumerate(df.iterrows()):
+    for _, r in df.iterrows():
         ys = [r["clean_bacc"]] + [r[c] for c in eps_cols]
         style = dict(lw=2.6, color="black") if r["method"].startswith("method 2") else dict(lw=1.4)
         ax.plot(xs, ys, marker="o", ms=3.5, label=r["method"], **style)
@@ -432,8 +441,7 @@ def sanity_checks(records, worst):
 def settings_lines(records):
     groups = defaultdict(set)
     for r in records:
-        s = {k: v for k, v in r["settings"].items() if k not in ("eps", "batch_size", "chunk_rows")}
-        desc = (f"`{r['attack']}` " + ", ".join(f"{k} {v}" for k, v in sorted(s.items()))
+        desc = (f"`{r['attack']}` " + ", ".join(f"{k} {v}" for k, v in sorted(run_settings(r).items()))
                 + f"; {len(r['labels'])} test beats; device {r.get('device', '?')}; torch "
                 f"{r.get('torch', '?')}; commit {str(r.get('git_commit', '?'))[:10]}")
         groups[desc].add(r["model"])

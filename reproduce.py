@@ -36,6 +36,7 @@ import train_nsr
 from models import get_device, tune_malloc
 
 BENCH_TRAIN = "results/bench/train.json"
+BENCH_ATTACK = "results/bench/attack.json"
 
 # (script, method, extra flags) of each model; the name is what train_* will call it.
 PAPER_MODELS = [("baseline", "ce", []), ("baseline", "mse", []), ("baseline", "mse_margin", []),
@@ -69,12 +70,13 @@ DEFAULT_SPS.update({("cnn", m): v for m, v in [("ce", 6.2e3), ("mse", 6.7e3),
 
 
 def model_name(arch, method, extra):
+    """The name train_*.py gives the run (its checkpoint file), from the same function."""
+    cfg = {"arch": arch, "method": method}
     if method == "adv":
-        return f"{arch}_adv_{float(extra[1]):g}"
+        cfg["adv_eps"] = float(extra[1])
     if method in ("nsr", "align"):
-        beta = (train_nsr.NSR_BETA if method == "nsr" else train_nsr.ALIGN_BETA)[arch]
-        return f"{arch}_{method}_{beta:g}"
-    return f"{arch}_{method}"
+        cfg["beta"] = (train_nsr.NSR_BETA if method == "nsr" else train_nsr.ALIGN_BETA)[arch]
+    return train_baseline.run_name(cfg)
 
 
 def finished(ckpt_path, epochs):
@@ -86,13 +88,12 @@ def finished(ckpt_path, epochs):
         return False
 
 
-def estimate_minutes(preset, n_train):
+def estimate_minutes(preset, per_epoch):
     sps = dict(DEFAULT_SPS)
     if os.path.exists(BENCH_TRAIN):
         with open(BENCH_TRAIN) as f:
             for r in json.load(f).get("throughput", []):
                 sps[(r["arch"], r["method"])] = r["samples_per_s"]
-    per_epoch = min(preset["max_train_samples"] or n_train, n_train)
     train_s = sum(preset["epochs"] * per_epoch / sps[(arch, method)]
                   for arch in ("mlp", "cnn") for _, method, _ in preset["models"])
     return train_s / 60
@@ -102,9 +103,8 @@ def estimate_attack_minutes(preset, n_test):
     """Upper bound for the CNNs (no early stop) from results/bench/attack.json; MLPs are ~10x
     cheaper. PGD: every eps on its beats; SPSA: per beat and iteration."""
     pgd_sps, spsa_s = 130.0, 0.13
-    path = BENCH_TRAIN.replace("train", "attack")
-    if os.path.exists(path):
-        with open(path) as f:
+    if os.path.exists(BENCH_ATTACK):
+        with open(BENCH_ATTACK) as f:
             b = json.load(f)
         pgd_sps, spsa_s = b["pgd"]["ours_samples_per_s"], b["spsa"]["batched_s_per_iter_sample"]
     n_pgd = preset["pgd"]["max_samples"] or n_test
@@ -164,14 +164,13 @@ def main(argv=None):
         print(f"No Kaggle CSVs in {args.data_dir}/: using the committed real sample "
               f"({os.path.relpath(preprocess.SAMPLE_NPZ)}, beats rebuilt from MIT-BIH records).")
     data_flags = ["--data-dir", args.data_dir] + (["--sample"] if sample else [])
-    step("data", preprocess.main, ["--data-dir", args.data_dir] + (["--sample"] if sample else []))
+    step("data", preprocess.main, data_flags)
     cache = preprocess.load_cache(args.data_dir, sample)
     n_train = 5 * int(np.bincount(cache["Y_train"].numpy()).max())   # one balanced epoch
-    est = estimate_minutes(preset, n_train)
-    n_test = len(cache["Y_test"])
-    est_att = estimate_attack_minutes(preset, n_test)
-    hours = lambda m: f"{m / 60:.1f} h" if m >= 60 else f"{m:.0f} min"
     per_epoch = min(preset["max_train_samples"] or n_train, n_train)
+    est = estimate_minutes(preset, per_epoch)
+    est_att = estimate_attack_minutes(preset, len(cache["Y_test"]))
+    hours = lambda m: f"{m / 60:.1f} h" if m >= 60 else f"{m:.0f} min"
     print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs, {preset['epochs']} "
           f"epochs of {per_epoch} samples. Estimated on a 2-core CPU (from results/bench): "
           f"training {hours(est)}, attacks on the CNNs at most {hours(est_att)} (less: fooled "
