@@ -79,18 +79,27 @@ def adamax_ascent_(param, grad_sign, exp_avg, exp_inf, step, lr):
 def pgd_batch(model, x, y, eps, steps, step_size, variant="paper", loss="ce", generator=None,
               early_stop=True):
     """Attack every sample of (x, y). Returns (x_adv, fooled). With early_stop, a sample stops
-    at its first fooling input and keeps it; otherwise all run `steps` steps (adv. training)."""
+    at its first fooling input and keeps it; otherwise all run `steps` steps (adv. training).
+
+    SPEC 5, per sample (the paper variant; "sign" replaces the Adamax step by n += step*g):
+        n = U(-eps, eps)
+        for t in 0 .. steps:
+            x_t = clamp(x + n, 0, 1)
+            if argmax f(x_t) != y or t == steps: return x_t
+            g = sign(d loss(f(x_t), y) / d x_t)
+            n = Adamax(lr=step) step on n with gradient -g      # ascent
+            n = clamp(n, -eps, eps)
+            n = clamp(x + n, 0, 1) - x                          # the stored noise stays feasible
+    """
+    if variant not in ("paper", "sign"):
+        raise ValueError(f"unknown PGD variant {variant!r}: choose paper or sign")
     x_adv, fooled = x.clone(), torch.zeros(len(y), dtype=torch.bool, device=x.device)
     idx = torch.arange(len(y), device=x.device)
     noise = uniform_start(x.shape, eps, generator, x.device)
     xa, ya = x, y
-    if variant == "paper":
-        exp_avg, exp_inf = torch.zeros_like(noise), torch.zeros_like(noise)
-    elif variant != "sign":
-        raise ValueError(f"unknown PGD variant {variant!r}: choose paper or sign")
+    exp_avg, exp_inf = torch.zeros_like(noise), torch.zeros_like(noise)   # Adamax state
     for t in range(steps + 1):
-        noise.requires_grad_(t < steps)
-        x_in = (xa + noise).clamp(0, 1)
+        x_in = (xa + noise).clamp(0, 1).requires_grad_(t < steps)
         with torch.set_grad_enabled(t < steps):
             z = model(x_in)
         hit = z.argmax(1) != ya
@@ -100,21 +109,19 @@ def pgd_batch(model, x, y, eps, steps, step_size, variant="paper", loss="ce", ge
         if t == steps:
             x_adv[idx[~hit]] = x_in[~hit].detach()
             break
-        (grad,) = torch.autograd.grad(attack_loss(z, ya, loss), noise)
-        noise = noise.detach()
+        (grad,) = torch.autograd.grad(attack_loss(z, ya, loss), x_in)
         if early_stop and hit.any():   # fooled samples leave the batch
             keep = ~hit
             idx, xa, ya, noise, grad = idx[keep], xa[keep], ya[keep], noise[keep], grad[keep]
-            if variant == "paper":
-                exp_avg, exp_inf = exp_avg[keep], exp_inf[keep]
+            exp_avg, exp_inf = exp_avg[keep], exp_inf[keep]
             if len(idx) == 0:
                 break
         if variant == "paper":
             adamax_ascent_(noise, grad.sign(), exp_avg, exp_inf, t + 1, step_size)
         else:
             noise = noise + step_size * grad.sign()
-            noise = (xa + noise).clamp(0, 1) - xa     # keep x + noise in [0, 1]
         noise.clamp_(-eps, eps)
+        noise = (xa + noise).clamp_(0, 1).sub_(xa)
     return x_adv, fooled
 
 
@@ -144,36 +151,6 @@ def pgd_attack(model, x, y, eps, steps=STEPS, step_size=STEP_SIZE, variant=VARIA
             bar.update(len(b))
         todo = torch.cat(still) if still else todo[:0]
     bar.close()
-    return x_adv
-
-
-def pgd_paper_naive(model, x, y, eps, steps=STEPS, step_size=STEP_SIZE, seed=SEED):
-    """SPEC 5's PGD written plainly: all clean-correct samples stay in the batch for every step,
-    torch.optim.Adamax on the noise, a fooled sample keeps its first fooling input. Same output
-    as pgd_attack (one batch, one restart), only slower: the tests' oracle, bench.py's baseline."""
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    correct = predict(model, x) == y
-    xc, yc = x[correct], y[correct]
-    noise = torch.nn.Parameter(uniform_start(xc.shape, eps, gen, x.device))
-    opt = torch.optim.Adamax([noise], lr=step_size)
-    out, done = xc.clone(), torch.zeros(len(yc), dtype=torch.bool, device=x.device)
-    for t in range(steps + 1):
-        x_in = (xc + noise).clamp(0, 1)
-        z = model(x_in)
-        fooled = (z.argmax(1) != yc) & ~done
-        out[fooled] = x_in[fooled].detach()
-        done |= fooled
-        if t == steps:
-            out[~done] = x_in[~done].detach()
-            break
-        opt.zero_grad()
-        (-F.cross_entropy(z, yc, reduction="sum")).backward()   # ascent on CE
-        noise.grad.sign_()
-        opt.step()
-        with torch.no_grad():
-            noise.clamp_(-eps, eps)
-    x_adv = x.clone()
-    x_adv[correct] = out
     return x_adv
 
 

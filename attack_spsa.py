@@ -123,35 +123,6 @@ def spsa_attack(model, x, y, eps, steps=STEPS, n_dirs=N_DIRS, delta=DELTA, lr=LR
     return x_adv.clone()
 
 
-def spsa_per_sample_loop(model, x, y, eps, steps=STEPS, n_dirs=N_DIRS, delta=DELTA, lr=LR,
-                         seed=SEED, sample_ids=None):
-    """The reference's shape: one sample at a time, all 2 x n_dirs evaluations in one forward.
-    Kept as the baseline of bench.py and the oracle of the tests."""
-    model.eval()
-    ids = list(range(len(y))) if sample_ids is None else list(sample_ids)
-    x_adv = x.clone()
-    with torch.no_grad():
-        for i in range(len(y)):
-            xi, yi = x[i:i + 1], y[i:i + 1]
-            if model(xi).argmax(1) != yi:
-                continue
-            g = sample_generator(seed, ids[i], x.device)
-            noise = (xi + uniform_start(xi.shape[1:], eps, g, x.device)).clamp(0, 1) - xi
-            m, u = torch.zeros_like(noise), torch.zeros_like(noise)
-            for t in range(steps + 1):
-                x_in = xi + noise
-                if model(x_in).argmax(1) != yi or t == steps:
-                    break
-                v = rademacher(n_dirs, xi.shape[1], g, x.device)
-                f = margin(model(torch.cat([x_in + delta * v, x_in - delta * v])),
-                           yi.repeat(2 * n_dirs))
-                grad = spsa_estimate(f[:n_dirs] - f[n_dirs:], v, delta)
-                adamax_ascent_(noise, grad.sign()[None], m, u, t + 1, lr)
-                noise = (xi + noise.clamp(-eps, eps)).clamp(0, 1) - xi
-            x_adv[i] = x_in[0]
-    return x_adv
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_target_args(p)

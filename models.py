@@ -11,6 +11,9 @@
 
     python -c "import models; print(models.build_model('cnn'))"
 """
+import argparse
+import hashlib
+import math
 import os
 import random
 import subprocess
@@ -162,11 +165,23 @@ def tune_malloc():
 
 
 def get_device(name="auto"):
+    """auto (CUDA when there is one), cpu, cuda or cuda:N; anything else is a ValueError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (name == "cpu" or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"--device {name!r}: choose auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     return torch.device(name)
+
+
+def sha256_file(path):
+    """Hex sha256 of one file (checkpoints, data caches: provenance of every result)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def git_commit():
@@ -207,9 +222,30 @@ def atomic_write(path, write_fn, suffix=".tmp"):
         raise
 
 
+# ----------------------------------------------------------------------------- CLI numbers
+def arg_number(kind=float, lo=None, hi=None, lo_open=False):
+    """An argparse `type` that accepts only a finite number in [lo, hi] ((lo, hi] if lo_open):
+    a bad value exits 2 with argparse's message naming the flag."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if lo_open else '>='} {lo:g}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{text} must be <= {hi:g}")
+        return v
+    parse.__name__ = kind.__name__      # argparse names the type in its messages
+    return parse
+
+
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path, model, optimizer, epoch, config, history):
-    """Everything needed to resume or evaluate; plain types only (loads with weights_only)."""
+def save_checkpoint(path, model, optimizer, epoch, config, history, data=None):
+    """Everything needed to resume or evaluate; plain types only (loads with weights_only).
+    `data`: what it was trained on (the cache file and its sha256)."""
     ckpt = {
         "arch": "cnn" if isinstance(model, CNN) else "mlp",
         "method": config.get("method"),
@@ -219,6 +255,7 @@ def save_checkpoint(path, model, optimizer, epoch, config, history):
         "epoch": epoch,
         "config": config,
         "history": history,
+        "data": data,
         **run_info(),
     }
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))

@@ -38,13 +38,13 @@ from models import get_device, tune_malloc
 BENCH_TRAIN = "results/bench/train.json"
 BENCH_ATTACK = "results/bench/attack.json"
 
-# (script, method, extra flags) of each model; the name is what train_* will call it.
-PAPER_MODELS = [("baseline", "ce", []), ("baseline", "mse", []), ("baseline", "mse_margin", []),
-                ("baseline", "jacob", []), ("baseline", "adv", ["--adv-eps", "0.1"]),
-                ("baseline", "adv", ["--adv-eps", "0.2"]), ("baseline", "adv", ["--adv-eps", "0.3"]),
-                ("nsr", "align", []), ("nsr", "nsr", [])]
-QUICK_MODELS = [("baseline", "ce", []), ("baseline", "mse_margin", []), ("baseline", "jacob", []),
-                ("baseline", "adv", ["--adv-eps", "0.1"]), ("nsr", "nsr", [])]
+# (method, settings that differ from the paper's) of each model; train_baseline.make_config
+# builds the rest, and its name and flags come from that config.
+PAPER_MODELS = [("ce", {}), ("mse", {}), ("mse_margin", {}), ("jacob", {}),
+                ("adv", {"adv_eps": 0.1}), ("adv", {"adv_eps": 0.2}), ("adv", {"adv_eps": 0.3}),
+                ("align", {}), ("nsr", {})]
+QUICK_MODELS = [("ce", {}), ("mse_margin", {}), ("jacob", {}), ("adv", {"adv_eps": 0.1}),
+                ("nsr", {})]
 
 PRESETS = {
     "quick": {"results": "results", "models": QUICK_MODELS, "epochs": 6,
@@ -69,33 +69,34 @@ DEFAULT_SPS.update({("cnn", m): v for m, v in [("ce", 6.2e3), ("mse", 6.7e3),
                     ("nsr", 3.2e3)]})
 
 
-def model_name(arch, method, extra):
-    """The name train_*.py gives the run (its checkpoint file), from the same function."""
-    cfg = {"arch": arch, "method": method}
-    if method == "adv":
-        cfg["adv_eps"] = float(extra[1])
-    if method in ("nsr", "align"):
-        cfg["beta"] = (train_nsr.NSR_BETA if method == "nsr" else train_nsr.ALIGN_BETA)[arch]
-    return train_baseline.run_name(cfg)
-
-
-def finished(ckpt_path, epochs):
-    if not os.path.exists(ckpt_path):
+def finished(cfg):
+    """A run is done when its last checkpoint reached the preset's epochs."""
+    last, _ = train_baseline.checkpoint_paths(cfg)
+    if not os.path.exists(last):
         return False
     try:
-        return torch.load(ckpt_path, map_location="cpu", weights_only=True)["epoch"] + 1 >= epochs
+        return torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1 >= cfg["epochs"]
     except Exception:
         return False
 
 
-def estimate_minutes(preset, per_epoch):
+def train_configs(preset, archs, seeds, device, data_dir, sample, ckpt_dir):
+    """Every training run of a preset, as make_config builds it."""
+    return [train_baseline.make_config(arch, method, seed=seed, epochs=preset["epochs"],
+                                       max_train_samples=preset["max_train_samples"],
+                                       device=device, data_dir=data_dir, sample=sample,
+                                       out_dir=ckpt_dir, **extra)
+            for seed in seeds for arch in archs for method, extra in preset["models"]]
+
+
+def estimate_minutes(preset, per_epoch, archs, n_seeds=1):
     sps = dict(DEFAULT_SPS)
     if os.path.exists(BENCH_TRAIN):
         with open(BENCH_TRAIN) as f:
             for r in json.load(f).get("throughput", []):
                 sps[(r["arch"], r["method"])] = r["samples_per_s"]
-    train_s = sum(preset["epochs"] * per_epoch / sps[(arch, method)]
-                  for arch in ("mlp", "cnn") for _, method, _ in preset["models"])
+    train_s = n_seeds * sum(preset["epochs"] * per_epoch / sps[(arch, method)]
+                            for arch in archs for method, _ in preset["models"])
     return train_s / 60
 
 
@@ -128,6 +129,10 @@ def main(argv=None):
     p.add_argument("--data-dir", default=preprocess.DATA_DIR)
     p.add_argument("--results-dir", default=None, help="default: results (quick), results/paper")
     p.add_argument("--archs", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds (the attack seed stays fixed)")
+    p.add_argument("--phases", nargs="+", choices=["train", "attack", "evaluate"],
+                   default=["train", "attack", "evaluate"], help="which phases to run")
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
     # overrides (tests use tiny values)
     p.add_argument("--epochs", type=int, default=None)
@@ -168,7 +173,7 @@ def main(argv=None):
     cache = preprocess.load_cache(args.data_dir, sample)
     n_train = 5 * int(np.bincount(cache["Y_train"].numpy()).max())   # one balanced epoch
     per_epoch = min(preset["max_train_samples"] or n_train, n_train)
-    est = estimate_minutes(preset, per_epoch)
+    est = estimate_minutes(preset, per_epoch, args.archs, len(args.seeds))
     est_att = estimate_attack_minutes(preset, len(cache["Y_test"]))
     hours = lambda m: f"{m / 60:.1f} h" if m >= 60 else f"{m:.0f} min"
     print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs, {preset['epochs']} "
@@ -183,20 +188,18 @@ def main(argv=None):
 
     # --- training
     ckpt_dir = os.path.join(results, "checkpoints")
-    names = []
-    for arch in args.archs:
-        for script, method, extra in preset["models"]:
-            name = model_name(arch, method, extra)
-            names.append(name)
-            if finished(os.path.join(ckpt_dir, f"{name}.pt"), preset["epochs"]):
-                print(f"=== train {name}: done, skipped")
-                continue
-            fn = train_nsr.main if script == "nsr" else train_baseline.main
-            flags = ["--arch", arch, "--method", method, *extra, "--epochs", str(preset["epochs"]),
-                     "--device", args.device, "--out-dir", ckpt_dir, "--resume", *data_flags]
-            if preset["max_train_samples"]:
-                flags += ["--max-train-samples", str(preset["max_train_samples"])]
-            step(f"train {name}", fn, flags)
+    cfgs = train_configs(preset, args.archs, args.seeds, args.device, args.data_dir, sample,
+                         ckpt_dir)
+    names = [c["name"] for c in cfgs]
+    for cfg in cfgs if "train" in args.phases else []:
+        if finished(cfg):
+            print(f"=== train {cfg['name']}: done, skipped")
+            continue
+        fn = train_nsr.main if cfg["method"] in train_nsr.METHODS else train_baseline.main
+        resume = ["--resume"] if os.path.exists(train_baseline.checkpoint_paths(cfg)[0]) else []
+        step(f"train {cfg['name']}", fn, train_baseline.config_argv(cfg) + resume)
+    if "attack" not in args.phases:
+        names = []
 
     # --- attacks
     attack_dir = os.path.join(results, "attacks")
@@ -229,6 +232,8 @@ def main(argv=None):
                        "--n-dirs", str(spsa["n_dirs"]), "--eps", *map(str, spsa["eps"])])
 
     # --- report
+    if "evaluate" not in args.phases:
+        return 0
     step("evaluate", evaluate.main, ["--results-dir", results])
     print(f"\nreport: {os.path.join(results, 'report.md')} "
           f"(total {(time.perf_counter() - t_start) / 60:.1f} min)")

@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from attack_pgd import pgd_batch, predict
 from losses import decoupled_decay_, jacobian_loss_from_logits, margin_loss, mse_loss
-from models import build_model, get_device, load_checkpoint, save_checkpoint, tune_malloc
-from preprocess import (DATA_DIR, DataError, balanced_epoch_indices, classification_metrics,
-                        load_cache)
+from models import (arg_number, build_model, get_device, load_checkpoint, save_checkpoint,
+                    sha256_file, tune_malloc)
+from preprocess import (DATA_DIR, DataError, balanced_epoch_indices, cache_path,
+                        classification_metrics, load_cache)
 
 # ----------------------------------------------------------------------------- the paper's values
 ARCH = "cnn"
@@ -77,13 +78,93 @@ def baseline_objective(model, x, y, cfg, gen):
     raise ValueError(f"unknown method {method!r}")
 
 
-# ----------------------------------------------------------------------------- shared loop
+# ----------------------------------------------------------------------------- one config per run
+# A run's config is built once (make_config): the paper's values from the constants above (and
+# train_nsr.py's), then overrides. Its name, checkpoint paths and argv all derive from it.
+RUN_DEFAULTS = {"epochs": EPOCHS, "device": "auto", "data_dir": DATA_DIR, "sample": False,
+                "out_dir": OUT_DIR, "resume": False}    # how long and where, not what is trained
+# a setting that differs from the paper's value is part of the run name: key -> tag
+NAME_TAGS = {"lr": "lr", "batch_size": "bs", "margin": "m", "max_train_samples": "n",
+             "decay_l1": "dl1", "decay_l2": "dl2", "jacob_norm": "L", "adv_steps": "k",
+             "adv_step_size": "as", "nsr_eps": "ne", "nsr_max_noise": "nm", "bias": "bias"}
+
+
+def paper_config(arch, method):
+    """The paper's settings for one (arch, method) (SPEC 3-4); `seed` is the default seed."""
+    import train_nsr        # its constants; imported here (train_nsr imports this module)
+    if arch not in ("mlp", "cnn"):
+        raise ValueError(f"unknown arch {arch!r}: choose mlp or cnn")
+    cfg = {"arch": arch, "method": method, "batch_size": BATCH_SIZE, "lr": LR, "margin": MARGIN,
+           "seed": SEED, "max_train_samples": None, "bias": True}
+    if method in DECAY_METHODS:
+        cfg.update(decay_l1=DECAY_L1, decay_l2=DECAY_L2)
+    if method == "jacob":
+        cfg.update(beta=JACOB_BETA, jacob_norm=JACOB_NORM)
+    elif method == "adv":
+        cfg.update(adv_eps=ADV_EPS, adv_steps=ADV_STEPS, adv_step_size=ADV_STEP_SIZE)
+    elif method == "nsr":
+        cfg.update(beta=train_nsr.NSR_BETA[arch], nsr_eps=train_nsr.NSR_EPS,
+                   nsr_max_noise=train_nsr.NSR_MAX_NOISE)
+    elif method == "align":
+        cfg.update(beta=train_nsr.ALIGN_BETA[arch], bias=False)     # method 1: no biases
+    elif method not in METHODS:
+        raise ValueError(f"unknown method {method!r}")
+    return cfg
+
+
+def make_config(arch, method, **overrides):
+    """The whole config of a run; None leaves the paper's value. A setting the method does not
+    have is a ValueError naming it."""
+    cfg = {**paper_config(arch, method), **RUN_DEFAULTS}
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k not in cfg:
+            raise ValueError(f"--{k.replace('_', '-')} does not apply to method {method!r}")
+        cfg[k] = v
+    cfg["name"] = run_name(cfg)
+    return cfg
+
+
 def run_name(cfg):
-    if cfg["method"] == "adv":
-        return f"{cfg['arch']}_adv_{cfg['adv_eps']:g}"
-    if cfg["method"] in ("nsr", "align"):
-        return f"{cfg['arch']}_{cfg['method']}_{cfg['beta']:g}"
-    return f"{cfg['arch']}_{cfg['method']}"
+    """{arch}_{method}[_{its parameter}][_{tag}{value} for each non-paper setting]_s{seed}."""
+    method = cfg["method"]
+    paper = paper_config(cfg["arch"], method)
+    name = f"{cfg['arch']}_{method}"
+    if method == "adv":
+        name += f"_{cfg['adv_eps']:g}"
+    elif method in ("nsr", "align"):
+        name += f"_{cfg['beta']:g}"
+    elif method == "jacob" and cfg["beta"] != paper["beta"]:
+        name += f"_b{cfg['beta']:g}"
+    for key, tag in NAME_TAGS.items():
+        if key in cfg and cfg[key] != paper.get(key):
+            v = cfg[key]
+            name += f"_{tag}{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) \
+                else f"_{tag}{v}"
+    return f"{name}_s{cfg['seed']}"
+
+
+def config_argv(cfg):
+    """The command-line flags that rebuild `cfg` with main() (train_nsr.main for nsr/align)."""
+    paper = paper_config(cfg["arch"], cfg["method"])
+    argv = ["--arch", cfg["arch"], "--method", cfg["method"]]
+    for k, v in cfg.items():
+        if k in ("arch", "method", "name", "bias") or v is None:
+            continue
+        if k in RUN_DEFAULTS and v == RUN_DEFAULTS[k] and k != "epochs":
+            continue
+        if k in paper and v == paper[k] and k != "seed":
+            continue
+        flag = "--" + k.replace("_", "-")
+        argv += [flag] if v is True else ([] if v is False else [flag, str(v)])
+    return argv
+
+
+def checkpoint_paths(cfg):
+    """(last, best) checkpoint files of a run."""
+    base = os.path.join(cfg["out_dir"], cfg["name"])
+    return base + ".pt", base + "_best.pt"
 
 
 @torch.no_grad()
@@ -94,12 +175,20 @@ def validate(model, x, y):
     return m
 
 
+class NonFiniteLoss(ValueError):
+    pass
+
+
 def train_step(model, optimizer, x, y, cfg, objective, gen):
     """One step of SPEC 3-4: normalise kernels, objective, backward, accumulate |dL/dW|,
-    the CE recipe's decoupled decay (ce, jacob, adv), Adamax step."""
+    the CE recipe's decoupled decay (ce, jacob, adv), Adamax step. A non-finite loss stops
+    training before it touches the weights."""
     model.normalize_kernels()
     optimizer.zero_grad(set_to_none=True)
     loss, terms = objective(model, x, y, cfg, gen)
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"loss is {loss.item()} ({terms}): training stopped, no checkpoint "
+                            "written; check the objective's settings (--beta, --adv-eps, --lr)")
     loss.backward()
     model.accumulate_grad()
     if cfg["method"] in DECAY_METHODS:
@@ -112,6 +201,32 @@ def epoch_seed(seed, epoch):
     return seed * 100_003 + epoch
 
 
+def save_finite(path, model, optimizer, epoch, cfg, history, data=None):
+    """A checkpoint holding a NaN or inf weight is never written."""
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point()
+           and not torch.isfinite(t).all()]
+    if bad:
+        raise NonFiniteLoss(f"non-finite weights in {', '.join(bad)} after epoch {epoch + 1}: "
+                            f"{path} not written")
+    save_checkpoint(path, model, optimizer, epoch, cfg, history, data)
+
+
+def sync_best(best_path, model, optimizer, epoch, cfg, history, data):
+    """--resume repairs a best checkpoint left behind by a kill (SPEC: best on validation): when
+    the last epoch is the best one, the best file must hold that epoch."""
+    best_epoch = max(history, key=lambda h: h["val_balanced_accuracy"])["epoch"]
+    if best_epoch != epoch:
+        return
+    try:
+        have = torch.load(best_path, map_location="cpu", weights_only=True)["epoch"]
+    except Exception:
+        have = None
+    if have != epoch:
+        print(f"repairing {best_path}: it held epoch {have if have is None else have + 1}, "
+              f"the best is epoch {epoch + 1}")
+        save_finite(best_path, model, optimizer, epoch, cfg, history, data)
+
+
 def train(cfg, objective):
     """The training loop of SPEC 2-3 for any objective(model, x, y, cfg, gen) -> (loss, terms)."""
     device = get_device(cfg["device"])
@@ -119,24 +234,36 @@ def train(cfg, objective):
     xtr, ytr = data["X_train"].to(device), data["Y_train"].to(device)
     xva, yva = data["X_val"].to(device), data["Y_val"].to(device)
     ytr_np = data["Y_train"].numpy()
+    path = cache_path(cfg["data_dir"], cfg["sample"])
+    data_info = {"cache": os.path.abspath(path), "sha256": sha256_file(path),
+                 "source": data["meta"]["source"]}
     name = cfg["name"]
-    last_path = os.path.join(cfg["out_dir"], f"{name}.pt")
-    best_path = os.path.join(cfg["out_dir"], f"{name}_best.pt")
+    last_path, best_path = checkpoint_paths(cfg)
 
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg["arch"], bias=cfg["bias"]).to(device)
     optimizer = torch.optim.Adamax(model.parameters(), lr=cfg["lr"])
     history, start = [], 0
-    if cfg["resume"] and os.path.exists(last_path):
+    if cfg["resume"]:
+        if not os.path.exists(last_path):
+            raise ValueError(f"--resume: no checkpoint {last_path} to continue (drop --resume "
+                             "to start a new run)")
         model, ckpt = load_checkpoint(last_path, device, arch=cfg["arch"])
-        changed = {k for k in cfg if k not in ("epochs", "resume", "device")
-                   and ckpt["config"].get(k) != cfg[k]}
+        changed = {k for k in set(cfg) | set(ckpt["config"])
+                   if k not in ("epochs", "resume", "device")
+                   and ckpt["config"].get(k) != cfg.get(k)}
+        if (ckpt.get("data") or {}).get("sha256") not in (None, data_info["sha256"]):
+            raise ValueError(f"--resume: {last_path} was trained on other data than "
+                             f"{path} (sha256 {ckpt['data']['sha256'][:12]} vs "
+                             f"{data_info['sha256'][:12]})")
         if changed:
             raise ValueError(f"--resume: {last_path} was trained with other settings: "
-                             + ", ".join(f"{k}={ckpt['config'].get(k)!r}" for k in sorted(changed)))
+                             + ", ".join(f"{k}={ckpt['config'].get(k)!r} (now {cfg.get(k)!r})"
+                                         for k in sorted(changed)))
         optimizer = torch.optim.Adamax(model.parameters(), lr=cfg["lr"])
         optimizer.load_state_dict(ckpt["optimizer"])
         history, start = ckpt["history"], ckpt["epoch"] + 1
+        sync_best(best_path, model, optimizer, ckpt["epoch"], cfg, history, data_info)
         print(f"resuming {name} after epoch {ckpt['epoch'] + 1}/{cfg['epochs']}")
     best = max((h["val_balanced_accuracy"] for h in history), default=-1.0)
     model.train()
@@ -167,10 +294,12 @@ def train(cfg, objective):
                   "dead_units_reinit": reinit, "samples": len(idx),
                   "seconds": time.perf_counter() - t0}
         history.append(record)
-        save_checkpoint(last_path, model, optimizer, epoch, cfg, history)
+        # best before last: a kill in between leaves last one epoch behind, and --resume
+        # recomputes that epoch (deterministically) instead of keeping a stale best
         if val["balanced_accuracy"] > best:
             best = val["balanced_accuracy"]
-            save_checkpoint(best_path, model, optimizer, epoch, cfg, history)
+            save_finite(best_path, model, optimizer, epoch, cfg, history, data_info)
+        save_finite(last_path, model, optimizer, epoch, cfg, history, data_info)
         print(f"{name} epoch {epoch + 1}/{cfg['epochs']}: loss {record['loss']:.4f} "
               f"val balanced acc {val['balanced_accuracy']:.4f} acc {val['accuracy']:.4f} "
               f"({record['seconds']:.0f} s)")
@@ -178,75 +307,69 @@ def train(cfg, objective):
 
 
 # ----------------------------------------------------------------------------- CLI
-def common_parser(description, arch, methods, method, epochs=EPOCHS):
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--arch", choices=["mlp", "cnn"], default=arch)
-    p.add_argument("--method", choices=methods, default=method)
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--lr", type=float, default=LR)
-    p.add_argument("--margin", type=float, default=MARGIN)
-    p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--max-train-samples", type=int, default=None,
+def build_parser(description, methods, method):
+    """Every flag of both training scripts, defaults from the constants above; a flag whose
+    paper value depends on the method (or arch) defaults to None = the paper's value."""
+    num = arg_number
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--arch", choices=["mlp", "cnn"], default=ARCH, help="model")
+    p.add_argument("--method", choices=methods, default=method, help="training objective")
+    p.add_argument("--epochs", type=num(int, 1), default=EPOCHS, help="epochs in all")
+    p.add_argument("--batch-size", type=num(int, 1), default=BATCH_SIZE, help="batch size")
+    p.add_argument("--lr", type=num(float, 0, lo_open=True), default=LR, help="Adamax lr")
+    p.add_argument("--margin", type=num(float, 0, lo_open=True), default=MARGIN,
+                   help="margin of the hinge term")
+    p.add_argument("--seed", type=num(int, 0), default=SEED, help="training seed")
+    p.add_argument("--max-train-samples", type=num(int, 1), default=None,
                    help="samples per epoch (the balanced epoch truncated; quick runs)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--data-dir", default=DATA_DIR)
+    p.add_argument("--beta", type=num(float, 0), default=None,
+                   help=f"regulariser weight; paper: jacob {JACOB_BETA}, nsr and align per arch "
+                        "(train_nsr.py)")
+    p.add_argument("--jacob-norm", type=int, choices=[1, 2], default=None,
+                   help=f"jacob: norm of the Jacobian penalty (paper {JACOB_NORM})")
+    p.add_argument("--adv-eps", type=num(float, 0, 1), default=None,
+                   help=f"adv: L-inf budget (paper 0.1, 0.2, 0.3; default {ADV_EPS})")
+    p.add_argument("--adv-steps", type=num(int, 1), default=None,
+                   help=f"adv: PGD steps (paper {ADV_STEPS})")
+    p.add_argument("--adv-step-size", type=num(float, 0, lo_open=True), default=None,
+                   help=f"adv: PGD step (paper {ADV_STEP_SIZE})")
+    p.add_argument("--decay-l1", type=num(float, 0), default=None,
+                   help=f"ce/jacob/adv: decoupled L1 decay (paper {DECAY_L1})")
+    p.add_argument("--decay-l2", type=num(float, 0), default=None,
+                   help=f"ce/jacob/adv: decoupled L2 decay (paper {DECAY_L2})")
+    p.add_argument("--nsr-eps", type=num(float, 0, lo_open=True), default=None,
+                   help="nsr: NSR_i = n_i / (|s_i| + nsr_eps) (paper 0.01)")
+    p.add_argument("--nsr-max-noise", type=num(float, 0, lo_open=True), default=None,
+                   help="nsr: L-inf budget behind n_i (paper 1.0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--data-dir", default=DATA_DIR, help="where preprocess.py put the cache")
     p.add_argument("--sample", action="store_true", help="train on the committed sample's cache")
-    p.add_argument("--out-dir", default=OUT_DIR)
+    p.add_argument("--out-dir", default=OUT_DIR, help="checkpoint folder")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     return p
 
 
-def check_args(p, args):
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.lr <= 0:
-        p.error("--lr must be > 0")
-    if getattr(args, "beta", None) is not None and args.beta < 0:
-        p.error("--beta must be >= 0")
-
-
-def config_from_args(args, extra):
-    cfg = {"arch": args.arch, "method": args.method, "epochs": args.epochs,
-           "batch_size": args.batch_size, "lr": args.lr, "margin": args.margin,
-           "seed": args.seed, "max_train_samples": args.max_train_samples,
-           "device": args.device, "data_dir": args.data_dir, "sample": args.sample,
-           "out_dir": args.out_dir, "resume": args.resume, **extra}
-    cfg["name"] = run_name(cfg)
-    return cfg
-
-
-def run(cfg, objective):
+def main_for(description, methods, method, objective, argv=None):
+    """Parse flags into the run's config (make_config) and train it; exit 2 on bad input."""
+    p = build_parser(description, methods, method)
+    args = vars(p.parse_args(argv))
+    arch, method = args.pop("arch"), args.pop("method")
+    try:
+        cfg = make_config(arch, method, **args)
+    except ValueError as e:
+        p.error(str(e))
     tune_malloc()
     try:
         train(cfg, objective)
-    except (DataError, ValueError) as e:
+    except (DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
 def main(argv=None):
-    p = common_parser(__doc__.split("\n")[0], ARCH, METHODS, METHOD)
-    p.add_argument("--beta", type=float, default=JACOB_BETA, help="Jacobian weight (jacob)")
-    p.add_argument("--jacob-norm", type=int, choices=[1, 2], default=JACOB_NORM)
-    p.add_argument("--adv-eps", type=float, default=ADV_EPS)
-    p.add_argument("--adv-steps", type=int, default=ADV_STEPS)
-    p.add_argument("--adv-step-size", type=float, default=ADV_STEP_SIZE)
-    p.add_argument("--decay-l1", type=float, default=DECAY_L1)
-    p.add_argument("--decay-l2", type=float, default=DECAY_L2)
-    args = p.parse_args(argv)
-    check_args(p, args)
-    if args.adv_eps < 0:
-        p.error("--adv-eps must be >= 0")
-    extra = {"bias": True, "decay_l1": args.decay_l1, "decay_l2": args.decay_l2}
-    if args.method == "jacob":
-        extra.update(beta=args.beta, jacob_norm=args.jacob_norm)
-    if args.method == "adv":
-        extra.update(adv_eps=args.adv_eps, adv_steps=args.adv_steps,
-                     adv_step_size=args.adv_step_size)
-    return run(config_from_args(args, extra), baseline_objective)
+    return main_for(__doc__.split("\n")[0], METHODS, METHOD, baseline_objective, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ regulariser's per-sample input gradients come from one double-backward pass (los
 import sys
 
 from losses import alignment_loss_from_logits, margin_loss, mse_loss, nsr_loss_from_logits
-from train_baseline import check_args, common_parser, config_from_args, run
+from train_baseline import main_for
 
 ARCH = "cnn"
 METHOD = "nsr"
@@ -38,19 +38,7 @@ def nsr_objective(model, x, y, cfg, gen=None):
 
 
 def main(argv=None):
-    p = common_parser(__doc__.split("\n")[0], ARCH, METHODS, METHOD)
-    p.add_argument("--beta", type=float, default=None,
-                   help=f"regulariser weight (default: nsr {NSR_BETA}, align {ALIGN_BETA})")
-    p.add_argument("--nsr-eps", type=float, default=NSR_EPS)
-    p.add_argument("--nsr-max-noise", type=float, default=NSR_MAX_NOISE)
-    args = p.parse_args(argv)
-    check_args(p, args)
-    if args.beta is None:
-        args.beta = (NSR_BETA if args.method == "nsr" else ALIGN_BETA)[args.arch]
-    extra = {"beta": args.beta, "bias": args.method != "align"}   # method 1: no biases
-    if args.method == "nsr":
-        extra.update(nsr_eps=args.nsr_eps, nsr_max_noise=args.nsr_max_noise)
-    return run(config_from_args(args, extra), nsr_objective)
+    return main_for(__doc__.split("\n")[0], METHODS, METHOD, nsr_objective, argv)
 
 
 if __name__ == "__main__":

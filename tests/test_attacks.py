@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 import attack_pgd
 import attack_spsa
+import oracles
 from models import build_model, save_checkpoint
 from preprocess import balanced_epoch_indices, balanced_subset
 
@@ -105,13 +106,70 @@ def test_white_noise_does_less_damage_than_pgd(trained):
         assert pgd < noise - 0.1, (eps, pgd, noise)
 
 
-@pytest.mark.parametrize("eps", [0.03, 0.1])
-def test_paper_pgd_equals_naive_loop(trained, eps):
+@pytest.mark.parametrize("eps", [0.01, 0.03, 0.1])
+def test_paper_pgd_equals_spec_loop(trained, eps):
+    """SPEC 5 transcribed literally (one beat at a time, torch.optim.Adamax) is the oracle."""
     model, x, y = trained
     ours = attack_pgd.pgd_attack(model, x, y, eps, steps=30, seed=3)
-    ref = attack_pgd.pgd_paper_naive(model, x, y, eps, 30, 0.01, seed=3)
+    ref = oracles.pgd_paper_spec_loop(model, x, y, eps, 30, 0.01, seed=3)
     assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
-    assert (attack_pgd.predict(model, ours) != y).sum() > 0      # the attack did something
+    assert torch.equal(attack_pgd.predict(model, ours), attack_pgd.predict(model, ref))
+    if eps >= 0.03:
+        assert (attack_pgd.predict(model, ours) != y).sum() > 0      # the attack did something
+
+
+class FlipModel(torch.nn.Module):
+    """Class 0's logit is w * sum(tail): for the first `flip` forwards w = +1 (the ascent pushes
+    the zero tail down, below what [0, 1] allows), then w = -1 (it pushes the tail up).
+    Records every input the attack feeds it."""
+    def __init__(self, flip):
+        super().__init__()
+        self.flip, self.inputs = flip, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        w = 1.0 if len(self.inputs) <= self.flip else -1.0
+        z0 = 3 + w * x[:, 90:].sum(1)
+        return torch.stack([z0] + [torch.zeros_like(z0)] * 4, dim=1)
+
+
+@pytest.mark.parametrize("variant", ["paper", "sign"])
+def test_stored_noise_stays_feasible_on_zero_tail(variant):
+    """SPEC 5's last line: the stored noise is box-projected, so on a zero tail it waits at 0
+    while the gradient pushes down and rises as soon as it pushes up. Noise that drifted to -eps
+    would need eps / step more steps before the model sees any of it."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 187, generator=g)
+    x[:, 90:] = 0.0                                   # the zero-padded tail of a short beat
+    y = torch.zeros(8, dtype=torch.long)
+    eps, flip, steps = 0.1, 12, 22
+    model = FlipModel(flip)
+    pgd_batch = attack_pgd.pgd_batch
+    pgd_batch(model, x, y, eps, steps, 0.01, variant=variant, generator=g, early_stop=False)
+    for inp in model.inputs:
+        assert (inp - x).abs().max() <= eps + 1e-6 and inp.min() >= 0 and inp.max() <= 1
+    tail_at_flip = model.inputs[flip][:, 90:]
+    assert tail_at_flip.max() == 0                    # pushed down: held at the box's edge
+    # 10 steps after the flip the stored noise has risen from 0; from -eps it would still be < 0
+    assert model.inputs[-1][:, 90:].min() > 0.01, model.inputs[-1][:, 90:].min()
+
+
+def test_adv_training_pgd_keeps_budget_without_early_stop(trained):
+    model, x, y = trained
+    for eps in (0.1, 0.3):
+        x_adv, fooled = attack_pgd.pgd_batch(model, x, y, eps, 10, 0.01, variant="sign",
+                                             generator=torch.Generator().manual_seed(1),
+                                             early_stop=False)
+        assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+        assert torch.equal(fooled, attack_pgd.predict(model, x_adv) != y)
+
+
+def test_more_restarts_never_weaken(trained):
+    model, x, y = trained
+    accs = [accuracy(model, attack_pgd.pgd_attack(model, x, y, 0.03, steps=10, variant="sign",
+                                                   loss="margin", restarts=r, seed=5), y)
+            for r in (1, 2, 4)]
+    assert accs[0] >= accs[1] >= accs[2], accs
 
 
 def test_spsa_gradient_estimate_on_linear_model():
@@ -133,7 +191,7 @@ def test_batched_spsa_equals_per_sample_loop(trained):
     for eps in (0.03, 0.1):
         ours = attack_spsa.spsa_attack(model, x, y, eps, steps=10, n_dirs=128, seed=1,
                                        sample_ids=ids, batch_size=8, chunk_rows=64)
-        ref = attack_spsa.spsa_per_sample_loop(model, x, y, eps, steps=10, n_dirs=128, seed=1,
+        ref = oracles.spsa_per_sample_loop(model, x, y, eps, steps=10, n_dirs=128, seed=1,
                                                sample_ids=ids)
         assert torch.allclose(ours, ref, atol=1e-6, rtol=0), eps
     assert (attack_pgd.predict(model, ours) != y).sum() > 0

@@ -14,18 +14,12 @@ from preprocess import balanced_epoch_indices
 BASELINE_ARGS = {"ce": [], "mse": [], "mse_margin": [], "jacob": [], "adv": ["--adv-eps", "0.1"]}
 
 
-def config(method, arch, sample_dir, tmp_path, extra=()):
-    script = train_nsr if method in ("nsr", "align") else train_baseline
-    argv = ["--arch", arch, "--method", method, "--sample", "--data-dir", sample_dir,
-            "--out-dir", str(tmp_path), "--device", "cpu", *extra]
-    captured = {}
-    orig = script.run
-    script.run = lambda cfg, objective: captured.update(cfg=cfg, objective=objective) or 0
-    try:
-        assert script.main(argv) == 0
-    finally:
-        script.run = orig
-    return captured["cfg"], captured["objective"]
+def config(method, arch, sample_dir, tmp_path, **overrides):
+    cfg = train_baseline.make_config(arch, method, sample=True, data_dir=sample_dir,
+                                     out_dir=str(tmp_path), device="cpu", **overrides)
+    objective = (train_nsr.nsr_objective if method in train_nsr.METHODS
+                 else train_baseline.baseline_objective)
+    return cfg, objective
 
 
 @pytest.mark.parametrize("method", ["ce", "mse", "mse_margin", "jacob", "adv", "nsr", "align"])
@@ -72,23 +66,116 @@ def test_resume_equals_uninterrupted_run(method, arch, sample_dir, tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(sample_dir, tmp_path, capsys):
-    base = ["--arch", "mlp", "--method", "ce", "--sample", "--data-dir", sample_dir,
-            "--device", "cpu", "--max-train-samples", "128", "--out-dir", str(tmp_path)]
-    assert train_baseline.main(base + ["--epochs", "1"]) == 0
-    assert train_baseline.main(base + ["--epochs", "2", "--lr", "0.01", "--resume"]) == 2
-    assert "other settings: lr=0.001" in capsys.readouterr().err
+    """A setting outside the name (here the data folder) must match to resume; one in the name
+    (lr) is another run, and resuming it is refused for want of a checkpoint."""
+    import shutil
+    other = tmp_path / "other_data"
+    shutil.copytree(sample_dir, other)
+    base = ["--arch", "mlp", "--method", "ce", "--sample", "--device", "cpu",
+            "--max-train-samples", "128", "--out-dir", str(tmp_path)]
+    assert train_baseline.main(base + ["--data-dir", sample_dir, "--epochs", "1"]) == 0
+    assert train_baseline.main(base + ["--data-dir", str(other), "--epochs", "2", "--resume"]) == 2
+    assert "other settings: data_dir=" in capsys.readouterr().err
+    assert train_baseline.main(base + ["--data-dir", sample_dir, "--lr", "0.01", "--resume"]) == 2
+    assert "mlp_ce_lr0.01_n128_s0.pt" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script,argv,msg", [
     (train_baseline, ["--arch", "rnn"], "invalid choice: 'rnn'"),
     (train_baseline, ["--method", "nsr"], "invalid choice: 'nsr'"),
-    (train_nsr, ["--beta", "-1"], "--beta must be >= 0"),
-    (train_baseline, ["--epochs", "0"], "--epochs must be >= 1"),
+    (train_nsr, ["--beta", "-1"], "argument --beta: -1 must be >= 0"),
+    (train_nsr, ["--beta", "nan"], "argument --beta: nan is not a finite number"),
+    (train_nsr, ["--beta", "inf"], "argument --beta: inf is not a finite number"),
+    (train_baseline, ["--method", "adv", "--adv-eps", "nan"], "argument --adv-eps: nan"),
+    (train_baseline, ["--method", "adv", "--adv-steps", "0"], "argument --adv-steps: 0 must be"),
+    (train_baseline, ["--epochs", "0"], "argument --epochs: 0 must be >= 1"),
+    (train_baseline, ["--max-train-samples", "0"], "argument --max-train-samples: 0 must be"),
+    (train_baseline, ["--lr", "-0.01"], "argument --lr: -0.01 must be > 0"),
+    (train_baseline, ["--seed", "x"], "argument --seed: 'x' is not an integer"),
+    (train_baseline, ["--method", "ce", "--beta", "0.3"], "--beta does not apply to method 'ce'"),
 ])
 def test_bad_arguments_exit_2(script, argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         script.main(argv)
     assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_bad_device_exits_2(sample_dir, tmp_path, capsys):
+    assert train_baseline.main(["--sample", "--data-dir", sample_dir, "--device", "gpu",
+                                "--out-dir", str(tmp_path)]) == 2
+    assert "--device 'gpu'" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_without_checkpoint(sample_dir, tmp_path, capsys, monkeypatch):
+    """A loss that turns NaN (here: a planted objective) stops training; no checkpoint exists."""
+    real = train_baseline.baseline_objective
+    calls = []
+
+    def nan_after_a_few(model, x, y, cfg, gen):
+        calls.append(1)
+        loss, terms = real(model, x, y, cfg, gen)
+        return (loss * float("nan") if len(calls) > 3 else loss), terms
+    monkeypatch.setattr(train_baseline, "baseline_objective", nan_after_a_few)
+    assert train_baseline.main(["--arch", "mlp", "--sample", "--data-dir", sample_dir,
+                                "--device", "cpu", "--max-train-samples", "1024",
+                                "--out-dir", str(tmp_path)]) == 2
+    assert "loss is nan" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_run_names_carry_seed_and_non_paper_settings():
+    mk = train_baseline.make_config
+    assert mk("cnn", "ce")["name"] == "cnn_ce_s0"
+    assert mk("mlp", "adv", adv_eps=0.2, seed=2)["name"] == "mlp_adv_0.2_s2"
+    assert mk("mlp", "adv", adv_steps=3)["name"] == "mlp_adv_0.1_k3_s0"
+    assert mk("cnn", "nsr")["name"] == "cnn_nsr_0.3_s0"
+    assert mk("cnn", "nsr", beta=0.5, nsr_eps=0.1)["name"] == "cnn_nsr_0.5_ne0.1_s0"
+    assert mk("cnn", "jacob", beta=0.1, lr=0.01)["name"] == "cnn_jacob_b0.1_lr0.01_s0"
+    assert mk("mlp", "ce", max_train_samples=8000, epochs=6)["name"] == "mlp_ce_n8000_s0"
+    with pytest.raises(ValueError, match="--adv-eps does not apply"):
+        mk("mlp", "ce", adv_eps=0.1)
+
+
+@pytest.mark.parametrize("method,extra", [("adv", {"adv_eps": 0.3, "seed": 4}),
+                                          ("nsr", {"beta": 0.5}), ("jacob", {"lr": 0.002})])
+def test_config_argv_rebuilds_the_config(method, extra, tmp_path):
+    """reproduce.py passes config_argv(cfg) to main(): the script must build the same config."""
+    cfg = train_baseline.make_config("mlp", method, epochs=1, out_dir=str(tmp_path), **extra)
+    script = train_nsr if method in train_nsr.METHODS else train_baseline
+    seen = {}
+    orig = train_baseline.train
+    train_baseline.train = lambda c, objective: seen.update(c)
+    try:
+        assert script.main(train_baseline.config_argv(cfg)) == 0
+    finally:
+        train_baseline.train = orig
+    assert seen == cfg
+
+
+def test_resume_without_checkpoint_is_refused(sample_dir, tmp_path, capsys):
+    assert train_baseline.main(["--sample", "--data-dir", sample_dir, "--device", "cpu",
+                                "--out-dir", str(tmp_path), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_best_checkpoint_repaired_after_kill(sample_dir, tmp_path):
+    """Killed after the last checkpoint of a best epoch but before its best file (as the old
+    write order allowed): --resume makes _best hold that epoch again."""
+    base = ["--arch", "mlp", "--method", "ce", "--sample", "--data-dir", sample_dir,
+            "--device", "cpu", "--max-train-samples", "512", "--out-dir", str(tmp_path)]
+    assert train_baseline.main(base + ["--epochs", "2"]) == 0
+    last, best = tmp_path / "mlp_ce_n512_s0.pt", tmp_path / "mlp_ce_n512_s0_best.pt"
+    ck = torch.load(last, weights_only=True)
+    hist = ck["history"]
+    for h in hist:                                      # make epoch 2 the best one
+        h["val_balanced_accuracy"] = 0.5 + 0.1 * h["epoch"]
+    ck["history"] = hist
+    torch.save(ck, last)
+    stale = torch.load(best, weights_only=True)
+    stale["epoch"] = 0
+    torch.save(stale, best)                             # best one epoch behind
+    assert train_baseline.main(base + ["--epochs", "2", "--resume"]) == 0
+    assert torch.load(best, weights_only=True)["epoch"] == 1
 
 
 def test_missing_cache_names_the_command(tmp_path, capsys):
@@ -101,7 +188,7 @@ def test_default_betas_per_arch(sample_dir, tmp_path):
     assert config("nsr", "cnn", sample_dir, tmp_path)[0]["beta"] == 0.3
     assert config("nsr", "mlp", sample_dir, tmp_path)[0]["beta"] == 0.4
     cfg, _ = config("align", "cnn", sample_dir, tmp_path)
-    assert cfg["beta"] == 0.2 and cfg["bias"] is False and cfg["name"] == "cnn_align_0.2"
+    assert cfg["beta"] == 0.2 and cfg["bias"] is False and cfg["name"] == "cnn_align_0.2_s0"
     assert config("align", "mlp", sample_dir, tmp_path)[0]["beta"] == 1.0
 
 
@@ -113,5 +200,5 @@ def test_cnn_ce_learns_real_data(wfdb_dir, tmp_path):
     assert train_baseline.main(["--arch", "cnn", "--method", "ce", "--data-dir", wfdb_dir,
                                 "--epochs", "2", "--max-train-samples", "20000",
                                 "--out-dir", str(tmp_path), "--device", "cpu"]) == 0
-    _, ckpt = load_checkpoint(str(tmp_path / "cnn_ce.pt"))
+    _, ckpt = load_checkpoint(str(tmp_path / "cnn_ce_n20000_s0.pt"))
     assert max(h["val_balanced_accuracy"] for h in ckpt["history"]) >= 0.85
