@@ -20,18 +20,14 @@ go through the model in chunks of CHUNK_ROWS rows (a CNN forward on 2 CPU cores 
 times faster at 256 rows than at the 4,096 of one sample's 2 x 2048 evaluations), under
 torch.inference_mode, and samples that flip leave the batch.
 """
-import argparse
-import os
 import sys
-import time
 
 import torch
 from tqdm import tqdm
 
-from attack_pgd import (add_target_args, adamax_ascent_, attack_record, load_target, margin,
-                        model_name, predict, summary_line, uniform_start, write_record)
-from models import get_device, tune_malloc
-from preprocess import DataError
+from attack_common import add_target_args, eps_arg, open_target, parser, predict, sweep
+from attack_pgd import adamax_ascent_, margin, uniform_start
+from models import arg_number, tune_malloc
 
 EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]     # SPEC 5
 PER_CLASS = 162            # the first 162 test beats of each class: 810
@@ -124,49 +120,36 @@ def spsa_attack(model, x, y, eps, steps=STEPS, n_dirs=N_DIRS, delta=DELTA, lr=LR
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_target_args(p)
-    p.add_argument("--eps", type=float, nargs="+", default=EPS_LIST)
-    p.add_argument("--per-class", type=int, default=PER_CLASS,
-                   help="the first K test beats of each class (default 162: 810 beats)")
-    p.add_argument("--steps", type=int, default=STEPS)
-    p.add_argument("--n-dirs", type=int, default=N_DIRS)
-    p.add_argument("--delta", type=float, default=DELTA)
-    p.add_argument("--lr", type=float, default=LR)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS)
+    p = parser(__doc__.split("\n")[0])
+    add_target_args(p, per_class_default=PER_CLASS)
+    num = arg_number
+    p.add_argument("--eps", type=eps_arg, nargs="+", default=EPS_LIST, help="L-inf budgets")
+    p.add_argument("--per-class", type=num(int, 1), default=PER_CLASS,
+                   help="the first K test beats of each class (162: 810 beats)")
+    p.add_argument("--steps", type=num(int, 1), default=STEPS, help="iterations")
+    p.add_argument("--n-dirs", type=num(int, 1), default=N_DIRS, help="Rademacher directions")
+    p.add_argument("--delta", type=num(float, 0, lo_open=True), default=DELTA,
+                   help="finite-difference step")
+    p.add_argument("--lr", type=num(float, 0, lo_open=True), default=LR, help="Adamax lr")
+    p.add_argument("--batch-size", type=num(int, 1), default=BATCH_SIZE,
+                   help="beats attacked together (speed only)")
+    p.add_argument("--chunk-rows", type=num(int, 2), default=CHUNK_ROWS,
+                   help="model rows per forward (speed only)")
     args = p.parse_args(argv)
-    for name in ("steps", "n_dirs", "batch_size", "chunk_rows", "per_class"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if any(e < 0 for e in args.eps):
-        p.error("--eps must be >= 0")
-    per_class = args.per_class if not args.max_samples else max(1, args.max_samples // 5)
-    try:
-        device = get_device(args.device)
-        model, ckpt, x, y, idx = load_target(args.checkpoint, device, args.data_dir, args.sample,
-                                             per_class=per_class)
-    except (DataError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    target, rc = open_target(args, per_class=args.per_class)
+    if rc:
+        return rc
     tune_malloc()
-    tag = f"spsa-s{args.steps}-d{args.n_dirs}-n{len(idx)}"
-    for eps in args.eps:
-        out = os.path.join(args.out_dir, f"{model_name(ckpt, args.checkpoint)}__{tag}__eps{eps:g}.json")
-        if os.path.exists(out) and not args.force:
-            print(f"exists, skipped (--force recomputes): {out}")
-            continue
-        t0 = time.perf_counter()
-        x_adv = spsa_attack(model, x, y, eps, args.steps, args.n_dirs, args.delta, args.lr,
-                            args.seed, idx, args.batch_size, args.chunk_rows, progress=True)
-        settings = {"eps": eps, "steps": args.steps, "n_dirs": args.n_dirs, "delta": args.delta,
-                    "lr": args.lr, "seed": args.seed, "per_class": per_class,
-                    "batch_size": args.batch_size, "chunk_rows": args.chunk_rows}
-        record = attack_record(model, ckpt, args.checkpoint, x, y, x_adv, idx, "spsa", settings,
-                               time.perf_counter() - t0, device,
-                               {"sample": args.sample, "per_class": per_class})
-        write_record(record, args.out_dir, tag)
-        print(summary_line(record))
+    per_class = target["data"]["per_class"]
+    tag = f"spsa-s{args.steps}-d{args.n_dirs}-n{len(target['idx'])}"
+    settings_for = lambda eps: {"eps": eps, "steps": args.steps, "n_dirs": args.n_dirs,
+                                "delta": args.delta, "lr": args.lr, "seed": args.seed,
+                                "per_class": per_class, "batch_size": args.batch_size,
+                                "chunk_rows": args.chunk_rows}
+    run = lambda eps: spsa_attack(target["model"], target["x"], target["y"], eps, args.steps,
+                                  args.n_dirs, args.delta, args.lr, args.seed, target["idx"],
+                                  args.batch_size, args.chunk_rows, progress=True)
+    sweep(target, args.eps, "spsa", tag, settings_for, run, args.out_dir, args.force)
     return 0
 
 

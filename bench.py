@@ -49,8 +49,8 @@ def median_time(fn, repeats, warmup=1):
 def write(name, record, table):
     os.makedirs(OUT_DIR, exist_ok=True)
     path = os.path.join(OUT_DIR, name)
-    atomic_write(path + ".json", lambda t: json.dump(record, open(t, "w"), indent=1), ".json")
-    atomic_write(path + ".md", lambda t: open(t, "w").write(table), ".md")
+    atomic_write(path + ".json", lambda t: json.dump(record, open(t, "w"), indent=1))
+    atomic_write(path + ".md", lambda t: open(t, "w").write(table))
     print(table)
     print(f"wrote {path}.json and {path}.md")
 

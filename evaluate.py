@@ -5,13 +5,16 @@
 
 Reads every result JSON that attack_pgd.py / attack_spsa.py wrote (a corrupt or foreign file is
 named and skipped) and the training histories in checkpoints/, then writes under the results dir:
-  tables/{pgd,spsa,noise,worst}_{mlp,cnn}.md and .csv  rows = methods in the paper's order,
-        columns = clean and each eps, cells = balanced accuracy (the CSV has plain accuracy too);
-        a missing run is "-", never 0. "worst" is the per-sample worst case over every PGD variant,
-        restart and SPSA run of a model at an eps, on the beats of its largest run.
-  figures/{pgd,spsa,noise,worst}_{arch}.png  accuracy-vs-eps curves, one line per method;
-  figures/per_class_{arch}.png               per-class sensitivity, NSR vs CE, under PGD;
-  report.md   the tables, figures, the settings behind every number and SPEC 7's checks 1-8,
+  tables/{worst,pgd,autoattack,spsa,noise}_{mlp,cnn}.md and .csv  rows = methods in the
+        paper's order, columns = clean and each eps, cells = balanced accuracy (the CSV has plain
+        accuracy too), and the sha256 prefix of the checkpoint behind the row; a missing run is
+        "-", never 0. "worst" is the per-beat worst case over every attack of a model at an eps
+        (paper PGD, sign PGD and restarts, SPSA, AutoAttack), on the beats of its largest run;
+        "autoattack" the same over the four AutoAttack components only.
+  figures/{kind}_{arch}.png      accuracy-vs-eps curves, one line per method;
+  figures/per_class_{arch}.png   per-class sensitivity, NSR vs CE, under PGD;
+  figures/example_beats.png      a beat of each class, clean vs adversarial, CE vs NSR CNN;
+  report.md   the tables, figures, the settings behind every number and SPEC 7's checks 1-9,
               each PASS, FAIL (with the offending numbers; also a WARNING line on stdout) or
               "not run".
 """
@@ -30,42 +33,37 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from attack_autoattack import ATTACKS as AUTOATTACKS  # noqa: E402
+from attack_common import read_result  # noqa: E402
 from models import CLASS_NAMES, atomic_write, git_commit  # noqa: E402
 from preprocess import classification_metrics  # noqa: E402
-from train_baseline import JACOB_BETA  # noqa: E402
-from train_nsr import ALIGN_BETA, NSR_BETA  # noqa: E402
+from train_baseline import paper_config  # noqa: E402
 
 RESULTS_DIR = "results"
 ARCHS = ("mlp", "cnn")
 METHOD_ORDER = ["ce", "mse", "mse_margin", "jacob", "adv", "align", "nsr"]
 METHOD_LABEL = {"ce": "CE", "mse": "MSE", "mse_margin": "MSE+margin", "jacob": "Jacobian",
                 "adv": "adv", "align": "method 1 (align)", "nsr": "method 2 (NSR)"}
-DEFAULT_BETA = {**{("nsr", a): b for a, b in NSR_BETA.items()},
-                **{("align", a): b for a, b in ALIGN_BETA.items()},
-                **{("jacob", a): JACOB_BETA for a in ARCHS}}
-REQUIRED = ("model", "arch", "attack", "eps", "settings", "clean", "adversarial", "indices",
-            "labels", "clean_pred", "adv_pred", "max_linf", "in_range")
-ONE_SAMPLE = 1.0      # tolerance of checks 1-4: one sample in the count
-SATURATED = 0.98      # check 4 skips an eps where PGD fooled this share of the attacked beats
+# thresholds of the sanity checks (SPEC 7)
+ONE_SAMPLE = 1.0       # checks 1-3: tolerance of one beat in the count
+SATURATED = 0.98       # check 4 skips an eps where PGD fooled this share of the attacked beats
+NOISE_SHARE = 0.5      # check 4: "far less" = white noise costs at most this share of PGD's drop
+EPS_ONE_MAX_ACC = 0.05  # check 5: accuracy left by PGD at eps >= 1
+BUDGET_TOL = 1e-6      # check 6: |x_adv - x|_inf <= eps + this
+ZERO_GRAD_MAX = 0.01   # check 8: share of beats with an all-zero input gradient
+AA_MARGIN = 0.02       # check 9: AutoAttack may not beat the paper's PGD by more (balanced acc)
+EXAMPLE_EPS = 0.03     # the clean-vs-adversarial beat figure
 
 
 # ----------------------------------------------------------------------------- reading
 def load_results(attack_dir):
-    """Every valid result JSON; a corrupt or foreign one is named and skipped."""
+    """Every complete result JSON (attack_common.read_result); a corrupt, incomplete or foreign
+    one is named and skipped. Hidden temp files (.NAME.tmp) never match *.json."""
     records, skipped = [], []
     for path in sorted(glob.glob(os.path.join(attack_dir, "*.json"))):
         try:
-            with open(path) as f:
-                r = json.load(f)
-            if not isinstance(r, dict) or r.get("kind") != "nsr-ecg-attack-result":
-                raise ValueError("not an attack result of this project")
-            missing = [k for k in REQUIRED if k not in r]
-            if missing:
-                raise ValueError(f"missing fields {missing}")
-            if not (len(r["indices"]) == len(r["labels"]) == len(r["adv_pred"])
-                    == len(r["clean_pred"])):
-                raise ValueError("indices, labels, clean_pred and adv_pred differ in length")
-        except (OSError, ValueError) as e:       # JSONDecodeError is a ValueError
+            r = read_result(path)
+        except ValueError as e:
             print(f"WARNING: skipped {path}: {e}")
             skipped.append(path)
             continue
@@ -106,7 +104,8 @@ def row_key(cfg, arch):
     if method == "adv":
         return (order, cfg.get("adv_eps", 0)), f"adv {cfg.get('adv_eps', 0):g}"
     beta = cfg.get("beta")
-    if beta is not None and beta != DEFAULT_BETA.get((method, arch)):
+    paper_beta = paper_config(arch, method).get("beta") if method in METHOD_ORDER else None
+    if beta is not None and beta != paper_beta:
         label += f" (beta {beta:g})"
     return (order, beta or 0), label
 
@@ -129,6 +128,8 @@ def table_kind(r):
         return "spsa"
     if r["attack"] == "noise":
         return "noise"
+    if r["attack"] in ("worst", "autoattack"):
+        return r["attack"]
     return None
 
 
@@ -143,13 +144,13 @@ def acc_count(r):
 
 
 # ----------------------------------------------------------------------------- worst case
-def worst_case(records):
-    """Per (model, eps), on the beats of its largest PGD/SPSA run: a beat counts as fooled if
-    any PGD or SPSA run that attacked it fooled it (its prediction is then that run's).
-    Returns pseudo-records shaped like the attack results."""
+def worst_case(records, attacks=None, name="worst"):
+    """Per (model, eps), on the beats of its largest run: a beat counts as fooled if any run of
+    the chosen attacks (default: every attack but white noise) fooled it; its prediction is then
+    that run's. Returns pseudo-records shaped like the attack results."""
     groups = defaultdict(list)
     for r in records:
-        if r["attack"] != "noise":
+        if r["attack"] != "noise" and (attacks is None or r["attack"] in attacks):
             groups[(r["model"], r["eps"])].append(r)
     out = []
     for (model, eps), rs in groups.items():
@@ -162,8 +163,10 @@ def worst_case(records):
                     pred[i] = p
         y, p = base["labels"], [pred[i] for i in base["indices"]]
         out.append({"model": model, "arch": base["arch"], "model_config": base["model_config"],
-                    "attack": "worst", "eps": eps, "settings": {"eps": eps},
+                    "attack": name, "eps": eps, "settings": {"eps": eps},
                     "sources": [os.path.basename(r["path"]) for r in rs],
+                    "checkpoint_sha256": base["checkpoint_sha256"],
+                    "checkpoints": sorted({r["checkpoint_sha256"] for r in rs}),
                     "indices": base["indices"], "labels": y, "adv_pred": p,
                     "adversarial": classification_metrics(y, p), "clean": base["clean"]})
     return out
@@ -174,7 +177,7 @@ def build_table(records, arch, kind):
     """DataFrame: one row per model, columns clean + eps (balanced accuracy and accuracy)."""
     cells = defaultdict(list)
     for r in records:
-        if r["arch"] == arch and (r["attack"] == "worst" if kind == "worst" else table_kind(r) == kind):
+        if r["arch"] == arch and table_kind(r) == kind:
             cells[(r["model"], r["eps"])].append(r)
     if not cells:
         return None, {}
@@ -188,7 +191,10 @@ def build_table(records, arch, kind):
     rows = []
     for m in models:
         rs, first = by_model[m], first_of[m]
+        shas = sorted({s for r in rs.values()
+                       for s in r.get("checkpoints", [r.get("checkpoint_sha256", "?")])})
         row = {"method": row_key(first["model_config"], arch)[1], "model": m,
+               "checkpoint": " ".join(s[:8] for s in shas),
                "clean_bacc": first["clean"]["balanced_accuracy"], "clean_acc": first["clean"]["accuracy"],
                "n": len(first["labels"])}
         for e in eps_list:
@@ -202,20 +208,21 @@ def build_table(records, arch, kind):
 def table_markdown(df, title):
     eps_cols = [c for c in df.columns if c.startswith("bacc_")]
     fmt = lambda v: "-" if pd.isna(v) else f"{v:.3f}"
-    head = ["method", "n", "clean"] + [f"eps {c[5:]}" for c in eps_cols]
+    head = ["method", "n", "clean"] + [f"eps {c[5:]}" for c in eps_cols] + ["checkpoint"]
     lines = [f"**{title}** (balanced accuracy)", "", "| " + " | ".join(head) + " |",
-             "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+             "|" + "---|" * 2 + "---:|" * (len(head) - 3) + "---|"]
     for _, r in df.iterrows():
         lines.append("| " + " | ".join([r["method"], str(r["n"]), fmt(r["clean_bacc"])]
-                                       + [fmt(r[c]) for c in eps_cols]) + " |")
+                                       + [fmt(r[c]) for c in eps_cols]
+                                       + [f"`{r['checkpoint']}`"]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_table(df, out_base, title):
     atomic_write(out_base + ".csv", lambda t: df.to_csv(t, index=False, na_rep="-",
-                                                         float_format="%.4f"), ".csv")
+                                                         float_format="%.4f"))
     md = table_markdown(df, title)
-    atomic_write(out_base + ".md", lambda t: open(t, "w").write(md), ".md")
+    atomic_write(out_base + ".md", lambda t: open(t, "w").write(md))
     return md
 
 
@@ -236,7 +243,7 @@ def plot_curves(df, path, title, xlabel="eps (L-inf, inputs in [0, 1])"):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, format="png"), ".png")
+    atomic_write(path, lambda t: fig.savefig(t, format="png"))
     plt.close(fig)
 
 
@@ -268,9 +275,71 @@ def plot_per_class(chosen, arch, path):
     ax.set_title(f"{arch.upper()}: per-class sensitivity, CE vs NSR")
     ax.legend(fontsize=8, ncol=2, loc="upper center")
     fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, format="png"), ".png")
+    atomic_write(path, lambda t: fig.savefig(t, format="png"))
     plt.close(fig)
     return eps
+
+
+def plot_example_beats(records, path, eps=EXAMPLE_EPS):
+    """A real beat of each class, clean vs its adversarial version under the paper's PGD at
+    `eps`, for the CE and the NSR CNN (predicted labels in the legend). The attack is re-run on
+    these 5 beats from the checkpoints the results name (their sha256 must still match).
+    Returns None, or why the figure was not drawn."""
+    import attack_pgd
+    from attack_common import predict
+    from models import load_checkpoint, sha256_file
+    runs = {}
+    for r in records:
+        m = r["model_config"].get("method")
+        if (table_kind(r) == "pgd" and r["arch"] == "cnn" and r["eps"] == eps
+                and m in ("ce", "nsr") and r["model_config"].get("seed", 0) == 0):
+            runs[m] = pick([r, runs[m]]) if m in runs else r
+    if set(runs) != {"ce", "nsr"}:
+        return f"needs paper-PGD results at eps {eps:g} for the CE and the NSR CNN"
+    models = {}
+    for m, r in runs.items():
+        if not os.path.exists(r["checkpoint"]) or sha256_file(r["checkpoint"]) != r["checkpoint_sha256"]:
+            return f"checkpoint {r['checkpoint']} is missing or changed since its results"
+        models[m] = load_checkpoint(r["checkpoint"])[0]
+    cache_file = (runs["ce"].get("data") or {}).get("cache")
+    if not cache_file or not os.path.exists(cache_file):
+        return f"data cache {cache_file} not found"
+    cache = torch.load(cache_file, weights_only=True)
+    x_all, y_all = cache["X_test"], cache["Y_test"]
+    picks = []
+    for c in range(len(CLASS_NAMES)):
+        for i in runs["ce"]["indices"]:
+            if int(y_all[i]) == c and all(int(predict(mo, x_all[i:i + 1])[0]) == c
+                                          for mo in models.values()):
+                picks.append(i)
+                break
+    idx = torch.tensor(picks)
+    x, y = x_all[idx], y_all[idx]
+    adv = {}
+    for m, mo in models.items():
+        s = runs[m]["settings"]
+        xa = attack_pgd.pgd_attack(mo, x, y, eps, s["steps"], s["step_size"], seed=s["seed"])
+        adv[m] = (xa, predict(mo, xa))
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.0), dpi=110, sharey=True)
+    axes = np.atleast_1d(axes)
+    t = np.arange(x.shape[1]) / 125.0
+    for k, ax in enumerate(axes):
+        name = CLASS_NAMES[int(y[k])]
+        ax.plot(t, x[k].numpy(), color="black", lw=1.6, label=f"clean ({name})")
+        for m, color in (("ce", "tab:blue"), ("nsr", "tab:red")):
+            xa, pred = adv[m]
+            ax.plot(t, xa[k].numpy(), color=color, lw=0.9, alpha=0.85,
+                    label=f"{METHOD_LABEL[m].split(' (')[0]} adv -> {CLASS_NAMES[int(pred[k])]}")
+        ax.set_title(f"class {name} (test beat {picks[k]})", fontsize=9)
+        ax.set_xlabel("s")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0].set_ylabel("amplitude (scaled to [0, 1])")
+    fig.suptitle(f"Paper's PGD-{runs['ce']['settings']['steps']} at eps {eps:g}: CE vs NSR CNN "
+                 "(arrow: the model's prediction on its adversarial beat)", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -369,7 +438,7 @@ def check_noise_vs_pgd(records):
             saturated.append(f"{model} eps {eps:g}")   # PGD fooled ~all: nothing to compare
             continue
         # "far less": noise costs at most half of what PGD costs (a sample of slack)
-        if drop_noise > 0.5 * drop_pgd + ONE_SAMPLE:
+        if drop_noise > NOISE_SHARE * drop_pgd + ONE_SAMPLE:
             bad.append(f"{model} eps {eps:g}: white noise fools {drop_noise}, PGD {drop_pgd} "
                        f"of {len(common)} beats")
     note = (f"; not compared where PGD fooled >= {SATURATED:.0%} of the attacked beats: "
@@ -383,15 +452,17 @@ def check_noise_vs_pgd(records):
 def check_eps_one(records):
     rs = [r for r in records if r["attack"].startswith("pgd") and r["eps"] >= 1.0]
     bad = [f"{r['model']} {r['attack']} eps {r['eps']:g}: accuracy "
-           f"{r['adversarial']['accuracy']:.3f}" for r in rs if r["adversarial"]["accuracy"] > 0.05]
-    return _verdict(len(rs), bad, f"PGD at eps >= 1 leaves <= 5% accuracy ({len(rs)} runs)")
+           f"{r['adversarial']['accuracy']:.3f}" for r in rs if r["adversarial"]["accuracy"] > EPS_ONE_MAX_ACC]
+    return _verdict(len(rs), bad, f"PGD at eps >= 1 leaves <= {EPS_ONE_MAX_ACC:.0%} accuracy "
+                                  f"({len(rs)} runs)")
 
 
 def check_budget(records):
     bad = [f"{os.path.basename(r['path'])}: max |x_adv - x| = {r['max_linf']:.6g} for eps "
            f"{r['eps']:g}, in [0,1]: {r['in_range']}" for r in records
-           if r["max_linf"] > r["eps"] + 1e-6 or not r["in_range"]]
-    return _verdict(len(records), bad, f"all {len(records)} runs within eps + 1e-6 and [0, 1]")
+           if r["max_linf"] > r["eps"] + BUDGET_TOL or not r["in_range"]]
+    return _verdict(len(records), bad,
+                    f"all {len(records)} runs within eps + {BUDGET_TOL:g} and [0, 1]")
 
 
 def check_worst_case(worst):
@@ -411,9 +482,56 @@ def check_zero_grad(records):
     if not per_model:
         return "not run", "no run recorded zero-gradient counts"
     bad = [f"{m}: {z}/{n} beats with an all-zero input gradient" for m, (f, n, z) in
-           sorted(per_model.items()) if f > 0.01]
+           sorted(per_model.items()) if f > ZERO_GRAD_MAX]
     counts = ", ".join(f"{m} {z}/{n}" for m, (f, n, z) in sorted(per_model.items()))
     return ("FAIL", "; ".join(bad) + f" (all: {counts})") if bad else ("PASS", counts)
+
+
+def bacc_on(labels, preds):
+    return classification_metrics(labels, preds)["balanced_accuracy"]
+
+
+def check_autoattack(records):
+    """Check 9: on the beats both ran, the AutoAttack ensemble (per-beat worst case of its
+    components) may not lower balanced accuracy more than AA_MARGIN below the paper's PGD."""
+    pgd = {}
+    for r in records:
+        if table_kind(r) == "pgd":
+            key = (r["model"], r["eps"])
+            pgd[key] = pick([r, pgd[key]]) if key in pgd else r
+    by_cell = defaultdict(list)
+    for r in records:
+        if r["attack"] in AUTOATTACKS:
+            by_cell[(r["model"], r["eps"])].append(r)
+    bad, n = [], 0
+    for w in worst_case(records, AUTOATTACKS, "autoattack"):
+        p = pgd.get((w["model"], w["eps"]))
+        if p is None or w["eps"] == 0:
+            continue
+        pp, label = dict(zip(p["indices"], p["adv_pred"])), dict(zip(p["indices"], p["labels"]))
+        ens = dict(zip(w["indices"], w["adv_pred"]))
+        common = [i for i in w["indices"] if i in pp]
+        if not common:
+            continue
+        n += 1
+        y = [label[i] for i in common]
+        b_pgd, b_ens = bacc_on(y, [pp[i] for i in common]), bacc_on(y, [ens[i] for i in common])
+        if b_pgd - b_ens <= AA_MARGIN:
+            continue
+        alone = []
+        for r in by_cell[(w["model"], w["eps"])]:
+            rp = dict(zip(r["indices"], r["adv_pred"]))
+            c = [i for i in common if i in rp]
+            if c:
+                yc = [label[i] for i in c]
+                gap = bacc_on(yc, [pp[i] for i in c]) - bacc_on(yc, [rp[i] for i in c])
+                alone.append((gap, r["attack"]))
+        found = ", ".join(f"{a} ({g:+.3f})" for g, a in sorted(alone, reverse=True) if g > 0)
+        bad.append(f"{w['model']} eps {w['eps']:g}: paper PGD {b_pgd:.3f}, AutoAttack {b_ens:.3f} "
+                   f"on {len(common)} beats; found by {found or 'the ensemble only'} (the paper's "
+                   "PGD overstates robustness here)")
+    return _verdict(n, bad, f"AutoAttack within {AA_MARGIN} of the paper's PGD ({n} model/eps "
+                            "pairs on common beats)")
 
 
 def _verdict(n, bad, ok_text):
@@ -434,6 +552,8 @@ def sanity_checks(records, worst):
         ("6. every x_adv within eps and [0, 1]", check_budget(records)),
         ("7. per-sample worst case over attacks and restarts", check_worst_case(worst)),
         ("8. beats with an all-zero input gradient", check_zero_grad(records)),
+        ("9. AutoAttack does not beat the paper's PGD by more than "
+         f"{AA_MARGIN}", check_autoattack(records)),
     ]
 
 
@@ -472,25 +592,47 @@ def evaluate(results_dir=RESULTS_DIR):
                           f"{h['best_val_bacc']:.3f} ({h['best_epoch']}) | {h['last_val_bacc']:.3f}"
                           f" | {h['train_s']:.0f} |")
         report.append("")
-    titles = {"pgd": "White-box PGD (paper's variant)", "spsa": "Black-box SPSA",
-              "noise": "Uniform white noise", "worst": "Worst case over all PGD/SPSA runs"}
-    for kind in ("pgd", "spsa", "noise", "worst"):
+    aa = worst_case(records, AUTOATTACKS, "autoattack")
+    titles = {"worst": "Worst case per beat over every attack (the number to trust)",
+              "pgd": "White-box PGD, the paper's variant (as the paper measures)",
+              "autoattack": "AutoAttack ensemble (APGD-CE, APGD-T, FAB-T, Square; worst case "
+                            "per beat)",
+              "spsa": "Black-box SPSA", "noise": "Uniform white noise"}
+    mixed = []
+    for kind in ("worst", "pgd", "autoattack", "spsa", "noise"):
         report += [f"## {titles[kind]}", ""]
+        if kind == "worst":
+            report += ["A beat counts as fooled when any attack run on it fooled it: the paper's "
+                       "PGD, sign PGD and its restarts, SPSA and the AutoAttack components. "
+                       "Cells: balanced accuracy on the beats of the model's largest run at "
+                       "that eps.", ""]
         for arch in ARCHS:
-            df, chosen = build_table(records + worst, arch, kind)
+            df, chosen = build_table(records + worst + aa, arch, kind)
             if df is None:
                 report += [f"{arch.upper()}: not run.", ""]
                 continue
+            mixed += [f"{kind} {m}: {c}" for m, c in zip(df["model"], df["checkpoint"]) if " " in c]
             md = write_table(df, os.path.join(tables_dir, f"{kind}_{arch}"),
                              f"{titles[kind]}, {arch.upper()}")
             fig = f"{kind}_{arch}.png"
-            plot_curves(df, os.path.join(fig_dir, fig), f"{titles[kind]}: {arch.upper()}")
+            plot_curves(df, os.path.join(fig_dir, fig), f"{titles[kind].split(' (')[0]}: "
+                                                        f"{arch.upper()}")
             report += [md, f"![{kind} {arch}](figures/{fig})", ""]
             if kind == "pgd":
                 eps = plot_per_class(chosen, arch, os.path.join(fig_dir, f"per_class_{arch}.png"))
                 if eps is not None:
                     report += [f"Per-class sensitivity, CE vs NSR, PGD eps {eps:g}:", "",
                                f"![per class {arch}](figures/per_class_{arch}.png)", ""]
+    if mixed:
+        print("WARNING: results of one model come from different checkpoints: " + "; ".join(mixed))
+        report += ["**Warning**: rows whose cells come from different checkpoints (re-run the "
+                   "attacks): " + "; ".join(mixed), ""]
+    why = plot_example_beats(records, os.path.join(fig_dir, "example_beats.png"))
+    report += ["## One beat of each class, clean and adversarial", ""]
+    report += ([f"Not drawn: {why}.", ""] if why else
+               ["![example beats](figures/example_beats.png)", ""])
+    report.append("The checkpoint column names the sha256 prefix of the checkpoint every "
+                  "number of that row came from (recorded in each result JSON).\n")
     report += ["## Sanity checks (SPEC 7; Carlini et al. 2019, Croce & Hein 2020)", ""]
     for name, (status, detail) in sanity_checks(records, worst):
         report.append(f"- **{status}** {name}: {detail}")
@@ -498,7 +640,7 @@ def evaluate(results_dir=RESULTS_DIR):
             print(f"WARNING: sanity check {name} FAILED: {detail}")
     report += ["", "## Settings behind the numbers", ""] + settings_lines(records) + [""]
     path = os.path.join(results_dir, "report.md")
-    atomic_write(path, lambda t: open(t, "w").write("\n".join(report)), ".md")
+    atomic_write(path, lambda t: open(t, "w").write("\n".join(report)))
     return path, records, worst
 
 

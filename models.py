@@ -204,11 +204,14 @@ def run_info(device=None):
     return info
 
 
-def atomic_write(path, write_fn, suffix=".tmp"):
-    """Call write_fn(tmp_path), then rename onto `path`: no half-written file is ever left."""
+def atomic_write(path, write_fn):
+    """Call write_fn(tmp_path), then rename onto `path`: no half-written file is ever left under
+    the real name. The temp file is hidden and ends in .tmp (`.NAME.RANDOM.tmp`), so no reader
+    globbing for results ever takes it for one."""
     path = str(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=suffix)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

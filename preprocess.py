@@ -128,8 +128,7 @@ def read_beats_csv(path):
 def write_beats_csv(path, x, y):
     """Kaggle format: no header, 187 values then the label as a float, all as %.18e."""
     rows = np.concatenate([x.astype(np.float64), y.astype(np.float64)[:, None]], axis=1)
-    atomic_write(path, lambda tmp: np.savetxt(tmp, rows, fmt="%.18e", delimiter=","),
-                 suffix=".csv")
+    atomic_write(path, lambda tmp: np.savetxt(tmp, rows, fmt="%.18e", delimiter=","))
 
 
 # ----------------------------------------------------------------------------- WFDB rebuild
@@ -230,7 +229,7 @@ def make_sample(train, test, path=SAMPLE_NPZ):
                               for c in range(N_CLASSES)])
         out[f"X_{split}"] = np.round(x[idx] * 65535).astype(np.uint16)
         out[f"Y_{split}"] = y[idx].astype(np.uint8)
-    atomic_write(path, lambda tmp: np.savez_compressed(open(tmp, "wb"), **out), suffix=".npz")
+    atomic_write(path, lambda tmp: np.savez_compressed(open(tmp, "wb"), **out))
     return path
 
 
@@ -279,7 +278,7 @@ def write_cache(path, train, test, meta):
                 split_seed=SPLIT_SEED,
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     cache["meta"] = meta
-    atomic_write(path, lambda tmp: torch.save(cache, tmp), suffix=".pt")
+    atomic_write(path, lambda tmp: torch.save(cache, tmp))
     return cache
 
 

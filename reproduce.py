@@ -27,6 +27,7 @@ import time
 import numpy as np
 import torch
 
+import attack_autoattack
 import attack_pgd
 import attack_spsa
 import evaluate
@@ -46,21 +47,82 @@ PAPER_MODELS = [("ce", {}), ("mse", {}), ("mse_margin", {}), ("jacob", {}),
 QUICK_MODELS = [("ce", {}), ("mse_margin", {}), ("jacob", {}), ("adv", {"adv_eps": 0.1}),
                 ("nsr", {})]
 
+# Attack settings per preset. A value given as {"mlp": .., "cnn": ..} is per arch; "seeds": the
+# training seeds it runs on ("all" or a list); eps lists default to each script's paper list.
 PRESETS = {
     "quick": {"results": "results", "models": QUICK_MODELS, "epochs": 6,
               "max_train_samples": 8000,
               "pgd": {"steps": 50, "max_samples": 250},          # 50 beats per class
               "pgd_check": {"steps": 20, "sign_restarts": 2, "eps_one": True},
-              "spsa": {"per_class": 5, "steps": 20, "n_dirs": 256, "eps": [0.03, 0.1]},
+              "spsa": {"per_class": 5, "steps": 20, "n_dirs": 256, "eps": [0.03, 0.1],
+                       "seeds": "all"},
+              "autoattack": {"attacks": ["apgd-ce", "apgd-t"], "steps": 25, "max_samples": 250,
+                             "seeds": "all"},
+              "square": {"n_queries": 1000, "max_samples": 50, "eps": [0.03, 0.1],
+                         "seeds": "all"},
               "noise": {"max_samples": 250}},
     "paper": {"results": "results/paper", "models": PAPER_MODELS, "epochs": 50,
               "max_train_samples": None,
               "pgd": {"steps": 100, "max_samples": None},
               "pgd_check": {"steps": 20, "sign_restarts": 5, "eps_one": True, "max_samples": 1000},
-              "spsa": {"per_class": 162, "steps": 100, "n_dirs": 2048,
-                       "eps": attack_spsa.EPS_LIST},
+              "spsa": {"per_class": {"mlp": 162, "cnn": 40}, "steps": 100, "n_dirs": 2048,
+                       "eps": {"mlp": attack_spsa.EPS_LIST, "cnn": [0.03, 0.1]}, "seeds": [0]},
+              "autoattack": {"attacks": ["apgd-ce", "apgd-t", "fab-t"], "steps": 100,
+                             "max_samples": {"mlp": 1000, "cnn": 500}, "seeds": [0]},
+              "square": {"n_queries": 5000, "max_samples": {"mlp": 1000, "cnn": 500},
+                         "eps": None, "seeds": [0]},
               "noise": {"max_samples": None}},
 }
+
+
+def per_arch(value, arch):
+    return value[arch] if isinstance(value, dict) else value
+
+
+def attack_tasks(preset, cfg, target):
+    """The attack runs of one trained model: [(label, script main, argv)], biggest first.
+    `target`: the flags naming its checkpoint, data, device and result folder."""
+    arch, seed, name = cfg["arch"], cfg["seed"], cfg["name"]
+    pgd, chk, sp = preset["pgd"], preset["pgd_check"], preset["spsa"]
+    aa, sq = preset["autoattack"], preset["square"]
+    on_seed = lambda part: part.get("seeds", "all") == "all" or seed in part["seeds"]
+    n = lambda v: ["--max-samples", str(per_arch(v, arch))] if per_arch(v, arch) else []
+    eps = lambda v: ["--eps", *map(str, per_arch(v, arch))] if per_arch(v, arch) else []
+    n_main, n_chk = pgd["max_samples"], chk.get("max_samples", pgd["max_samples"])
+    chk_eps = ["--eps", "0.03", "0.1"]
+    tasks = [(f"PGD {name}", attack_pgd.main, target + n(n_main) + ["--steps", str(pgd["steps"])])]
+    if on_seed(sp):
+        tasks.append((f"SPSA {name}", attack_spsa.main,
+                      target + ["--per-class", str(per_arch(sp["per_class"], arch)), "--steps",
+                                str(sp["steps"]), "--n-dirs", str(sp["n_dirs"])] + eps(sp["eps"])))
+    if on_seed(aa):
+        tasks.append((f"AutoAttack {name}", attack_autoattack.main,
+                      target + n(aa["max_samples"]) + ["--steps", str(aa["steps"]),
+                                                       "--attacks", *aa["attacks"]]))
+    if on_seed(sq):
+        tasks.append((f"Square {name}", attack_autoattack.main,
+                      target + n(sq["max_samples"]) + ["--attacks", "square", "--n-queries",
+                                                       str(sq["n_queries"])] + eps(sq["eps"])))
+    # sanity-check runs (SPEC 7): fewer steps, one vs several restarts, eps 1, noise
+    if n_chk != n_main:
+        tasks.append((f"PGD on the check subset {name}", attack_pgd.main,
+                      target + n(n_chk) + ["--steps", str(pgd["steps"])] + chk_eps))
+    tasks.append((f"PGD fewer steps {name}", attack_pgd.main,
+                  target + n(n_chk) + ["--steps", str(chk["steps"])] + chk_eps))
+    for restarts in (1, chk["sign_restarts"]):
+        tasks.append((f"sign PGD x{restarts} {name}", attack_pgd.main,
+                      target + n(n_chk) + ["--variant", "sign", "--loss", "margin", "--steps",
+                                           str(chk["steps"]), "--restarts", str(restarts)]
+                      + chk_eps))
+    if chk["eps_one"]:
+        tasks.append((f"PGD eps 1 {name}", attack_pgd.main,
+                      target + n(n_chk) + ["--steps", str(chk["steps"]), "--step-size", "0.05",
+                                           "--eps", "1.0"]))
+    tasks.append((f"noise {name}", attack_pgd.main,
+                  target + n(preset["noise"]["max_samples"]) + ["--noise"]))
+    return tasks
+
+
 # CPU throughputs used when results/bench/train.json is absent (measured on 2 cores)
 DEFAULT_SPS = {("mlp", m): v for m, v in [("ce", 1.3e5), ("mse", 1.5e5), ("mse_margin", 1.2e5),
                ("jacob", 3.5e4), ("adv", 1.9e4), ("align", 7.7e4), ("nsr", 7.2e4)]}
@@ -111,7 +173,8 @@ def estimate_attack_minutes(preset, n_test):
     n_pgd = preset["pgd"]["max_samples"] or n_test
     pgd = len(attack_pgd.EPS_LIST) * n_pgd * preset["pgd"]["steps"] / 100 / pgd_sps
     sp = preset["spsa"]
-    spsa = (len(sp["eps"]) * 5 * sp["per_class"] * sp["steps"] * spsa_s * sp["n_dirs"] / 2048)
+    spsa = (len(per_arch(sp["eps"], "cnn") or attack_spsa.EPS_LIST) * 5
+            * per_arch(sp["per_class"], "cnn") * sp["steps"] * spsa_s * sp["n_dirs"] / 2048)
     return len(preset["models"]) * (pgd + spsa) / 60
 
 
@@ -141,6 +204,8 @@ def main(argv=None):
     p.add_argument("--pgd-samples", type=int, default=None)
     p.add_argument("--spsa-steps", type=int, default=None)
     p.add_argument("--spsa-dirs", type=int, default=None)
+    p.add_argument("--aa-steps", type=int, default=None, help="APGD/FAB iterations")
+    p.add_argument("--square-queries", type=int, default=None)
     args = p.parse_args(argv)
     preset = json.loads(json.dumps(PRESETS[args.preset]))
     for key, (section, field) in {"epochs": (None, "epochs"),
@@ -153,6 +218,12 @@ def main(argv=None):
             (preset if section is None else preset[section])[field] = v
     if args.pgd_samples is not None:
         preset["noise"]["max_samples"] = args.pgd_samples
+        preset["autoattack"]["max_samples"] = args.pgd_samples
+        preset["square"]["max_samples"] = min(args.pgd_samples, 50)
+    for key, (section, field) in {"aa_steps": ("autoattack", "steps"),
+                                  "square_queries": ("square", "n_queries")}.items():
+        if getattr(args, key) is not None:
+            preset[section][field] = getattr(args, key)
     results = args.results_dir or preset["results"]
     t_start = time.perf_counter()
     tune_malloc()
@@ -190,7 +261,6 @@ def main(argv=None):
     ckpt_dir = os.path.join(results, "checkpoints")
     cfgs = train_configs(preset, args.archs, args.seeds, args.device, args.data_dir, sample,
                          ckpt_dir)
-    names = [c["name"] for c in cfgs]
     for cfg in cfgs if "train" in args.phases else []:
         if finished(cfg):
             print(f"=== train {cfg['name']}: done, skipped")
@@ -198,38 +268,13 @@ def main(argv=None):
         fn = train_nsr.main if cfg["method"] in train_nsr.METHODS else train_baseline.main
         resume = ["--resume"] if os.path.exists(train_baseline.checkpoint_paths(cfg)[0]) else []
         step(f"train {cfg['name']}", fn, train_baseline.config_argv(cfg) + resume)
-    if "attack" not in args.phases:
-        names = []
-
     # --- attacks
     attack_dir = os.path.join(results, "attacks")
-    pgd, chk, spsa = preset["pgd"], preset["pgd_check"], preset["spsa"]
-    flag = lambda n: ["--max-samples", str(n)] if n else []
-    n_main, n_chk = pgd["max_samples"], chk.get("max_samples", pgd["max_samples"])
-    chk_eps = ["--eps", "0.03", "0.1"]
-    for name in names:
-        target = ["--checkpoint", os.path.join(ckpt_dir, f"{name}_best.pt"), "--device",
+    for cfg in cfgs if "attack" in args.phases else []:
+        target = ["--checkpoint", train_baseline.checkpoint_paths(cfg)[1], "--device",
                   args.device, "--out-dir", attack_dir, *data_flags]
-        step(f"PGD {name}", attack_pgd.main, target + flag(n_main) + ["--steps", str(pgd["steps"])])
-        # sanity-check runs (SPEC 7): fewer steps, one vs several restarts, eps 1, noise, SPSA
-        if n_chk != n_main:
-            step(f"PGD on the check subset {name}", attack_pgd.main,
-                 target + flag(n_chk) + ["--steps", str(pgd["steps"])] + chk_eps)
-        step(f"PGD fewer steps {name}", attack_pgd.main,
-             target + flag(n_chk) + ["--steps", str(chk["steps"])] + chk_eps)
-        for restarts in (1, chk["sign_restarts"]):
-            step(f"sign PGD x{restarts} {name}", attack_pgd.main,
-                 target + flag(n_chk) + ["--variant", "sign", "--loss", "margin", "--steps",
-                                         str(chk["steps"]), "--restarts", str(restarts)] + chk_eps)
-        if chk["eps_one"]:
-            step(f"PGD eps 1 {name}", attack_pgd.main,
-                 target + flag(n_chk) + ["--steps", str(chk["steps"]), "--step-size", "0.05",
-                                         "--eps", "1.0"])
-        step(f"noise {name}", attack_pgd.main, target + flag(preset["noise"]["max_samples"])
-             + ["--noise"])
-        step(f"SPSA {name}", attack_spsa.main,
-             target + ["--per-class", str(spsa["per_class"]), "--steps", str(spsa["steps"]),
-                       "--n-dirs", str(spsa["n_dirs"]), "--eps", *map(str, spsa["eps"])])
+        for label, fn, argv in attack_tasks(preset, cfg, target):
+            step(label, fn, argv)
 
     # --- report
     if "evaluate" not in args.phases:

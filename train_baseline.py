@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from attack_pgd import pgd_batch, predict
+from attack_common import predict
+from attack_pgd import pgd_batch
 from losses import decoupled_decay_, jacobian_loss_from_logits, margin_loss, mse_loss
 from models import (arg_number, build_model, get_device, load_checkpoint, save_checkpoint,
                     sha256_file, tune_malloc)

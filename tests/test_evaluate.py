@@ -32,7 +32,12 @@ def result(model, method, attack, eps, n_correct, n=20, settings=None, indices=N
             "adversarial": classification_metrics(labels, adv),
             "indices": indices or list(range(n)), "labels": labels, "clean_pred": labels,
             "adv_pred": adv, "max_linf": eps if max_linf is None else max_linf, "in_range": True,
-            "zero_grad_samples": zero_grad, "device": "cpu", "torch": "x", "git_commit": "y"}
+            "zero_grad_samples": zero_grad, "device": "cpu", "torch": "x", "git_commit": "y",
+            "checkpoint_sha256": ("ab" if method == "ce" else "cd") * 32, "data_sha256": "ef" * 32,
+            "checkpoint": f"/nowhere/{model}_best.pt"}
+
+
+AA_SETTINGS = {"steps": 100, "restarts": 1, "library": "torchattacks 3.5.1"}
 
 
 def write(d, name, r):
@@ -53,6 +58,12 @@ def clean_set(d):
         write(a, f"{m}__sign3__eps0.03.json", result(m, method, "pgd-sign", 0.03, accs[1] - 1, settings=
                                                      {"variant": "sign", "steps": 20, "restarts": 3}))
         write(a, f"{m}__eps1__eps1.json", result(m, method, "pgd-paper", 1.0, 0, settings={"steps": 20}))
+        # AutoAttack components as strong as the paper's PGD
+        for eps, c in zip((0.01, 0.03, 0.1), accs):
+            write(a, f"{m}__apgd-ce__eps{eps}.json", result(m, method, "apgd-ce", eps, c,
+                                                             settings=AA_SETTINGS))
+            write(a, f"{m}__apgd-t__eps{eps}.json", result(m, method, "apgd-t", eps, c,
+                                                            settings=AA_SETTINGS))
 
 
 def statuses(report):
@@ -79,8 +90,15 @@ def test_tables_cells_and_clean_checks(tmp_path, capsys):
     assert float(worst.loc["cnn_ce", "acc_0.03"]) == pytest.approx(11 / 20)
     report = (tmp_path / "report.md").read_text()
     st = statuses(report)
-    assert st == {str(i): "PASS" for i in range(1, 9)}, st
-    for name in ("pgd_cnn.png", "spsa_cnn.png", "noise_cnn.png", "per_class_cnn.png"):
+    assert st == {str(i): "PASS" for i in range(1, 10)}, st
+    # the AutoAttack table: worst case of its components per beat
+    aa = pd.read_csv(tmp_path / "tables" / "autoattack_cnn.csv").set_index("model")
+    assert float(aa.loc["cnn_ce", "acc_0.03"]) == pytest.approx(12 / 20)
+    assert "abababab" in md and "cdcdcdcd" in md            # the checkpoint behind each row
+    assert report.index("## Worst case") < report.index("## White-box PGD")
+    assert "example beats" not in report and "Not drawn:" in report
+    for name in ("pgd_cnn.png", "spsa_cnn.png", "noise_cnn.png", "per_class_cnn.png",
+                 "autoattack_cnn.png", "worst_cnn.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 10_000
 
 
@@ -116,6 +134,36 @@ def test_planted_problems_are_flagged(tmp_path, capsys):
     assert "WARNING: sanity check 6." in out and "WARNING: sanity check 8." in out
 
 
+def test_check9_flags_autoattack_beating_paper_pgd(tmp_path, capsys):
+    clean_set(str(tmp_path))
+    # APGD-T fools 3 beats more than the paper's PGD at eps 0.03 on the NSR model: > 0.02
+    write(tmp_path / "attacks", "cnn_nsr_0.3__apgd-t__eps0.03.json",
+          result("cnn_nsr_0.3", "nsr", "apgd-t", 0.03, 13, settings=AA_SETTINGS))
+    evaluate.main(["--results-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert statuses((tmp_path / "report.md").read_text())["9"] == "FAIL"
+    assert "WARNING: sanity check 9." in out
+    assert "cnn_nsr_0.3 eps 0.03: paper PGD 0.800, AutoAttack 0.650" in out
+    assert "found by apgd-t (+0.150)" in out and "cnn_ce" not in out.split("check 9")[1]
+    # the worst case spans every attack: APGD-T's 3 extra beats count there
+    worst = pd.read_csv(tmp_path / "tables" / "worst_cnn.csv").set_index("model")
+    assert float(worst.loc["cnn_nsr_0.3", "acc_0.03"]) == pytest.approx(13 / 20)
+
+
+def test_stale_temp_and_string_eps_are_not_results(tmp_path, capsys):
+    """A left temp file is hidden and not *.json; a result with a string eps is refused."""
+    clean_set(str(tmp_path))
+    a = tmp_path / "attacks"
+    write(a, ".cnn_ce__pgd__eps0.2.json.abc123.tmp", result("cnn_ce", "ce", "pgd-paper", 0.2, 1))
+    bad = result("cnn_ce", "ce", "pgd-paper", 0.2, 1)
+    bad["eps"] = "0.2"
+    write(a, "cnn_ce__pgd__eps0.2.json", bad)
+    assert evaluate.main(["--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cnn_ce__pgd__eps0.2.json: eps is '0.2', not a number" in out
+    assert "eps 0.2" not in (tmp_path / "tables" / "pgd_cnn.md").read_text()
+
+
 def test_corrupt_and_foreign_json_are_named_and_skipped(tmp_path, capsys):
     clean_set(str(tmp_path))
     (tmp_path / "attacks" / "broken.json").write_text('{"kind": "nsr-ecg-attack-res')
@@ -133,6 +181,7 @@ def test_not_run_checks(tmp_path):
     evaluate.main(["--results-dir", str(tmp_path)])
     st = statuses((tmp_path / "report.md").read_text())
     assert st["3"] == "not run" and st["5"] == "not run" and st["6"] == "PASS"
+    assert st["9"] == "not run"
 
 
 def test_quick_preset_end_to_end_tiny(sample_dir, tmp_path):
@@ -142,18 +191,25 @@ def test_quick_preset_end_to_end_tiny(sample_dir, tmp_path):
     res = tmp_path / "results"
     argv = ["quick", "--device", "cpu", "--data-dir", str(data_dir), "--results-dir", str(res),
             "--epochs", "1", "--max-train-samples", "256", "--pgd-steps", "3",
-            "--pgd-samples", "25", "--spsa-steps", "2", "--spsa-dirs", "8"]
+            "--pgd-samples", "25", "--spsa-steps", "2", "--spsa-dirs", "8", "--aa-steps", "2",
+            "--square-queries", "10"]
     assert reproduce.main(argv) == 0
     report = (res / "report.md").read_text()
-    assert "White-box PGD" in report and "Sanity checks" in report
+    assert "White-box PGD" in report and "Sanity checks" in report and "- **" in report
+    assert "9. AutoAttack" in report
     for arch in ("mlp", "cnn"):
-        for kind in ("pgd", "spsa", "noise"):
-            assert (res / "tables" / f"{kind}_{arch}.md").exists()
+        for kind in ("pgd", "spsa", "noise", "autoattack", "worst"):
+            assert (res / "tables" / f"{kind}_{arch}.md").exists(), (kind, arch)
         png = res / "figures" / f"pgd_{arch}.png"
         from matplotlib.image import imread
         img = imread(str(png))
         assert img.shape[0] > 200 and img[..., :3].std() > 0.05    # opens, not blank
-    n_results = len(os.listdir(res / "attacks"))
-    # resumable: a second run skips every finished step and rewrites the same report
+    attacks = sorted((res / "attacks").iterdir())
+    assert any("apgd-t" in p.name for p in attacks) and any("square" in p.name for p in attacks)
+    assert (res / "figures" / "example_beats.png").stat().st_size > 10_000
+    ckpts = sorted((res / "checkpoints").iterdir())
+    mtimes = {p: p.stat().st_mtime_ns for p in attacks + ckpts}
+    # resumable: a second run recomputes nothing (same files, untouched) and rewrites the report
     assert reproduce.main(argv) == 0
-    assert len(os.listdir(res / "attacks")) == n_results
+    assert sorted((res / "attacks").iterdir()) == attacks
+    assert {p: p.stat().st_mtime_ns for p in attacks + ckpts} == mtimes

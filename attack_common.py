@@ -1,0 +1,246 @@
+"""What every attack script shares: the target (checkpoint + test beats), provenance, result
+records and their paths, and the one eps sweep that skips only up-to-date results.
+
+A result belongs to the exact checkpoint and data that made it: every result JSON records the
+sha256 of the checkpoint file and of the data cache, the seed and the attack settings. A script
+skips a result only when the file parses, is complete, and its provenance and settings equal
+the run it would do; otherwise it says why and recomputes. Results are written through a hidden
+temp file (`.NAME.json.RANDOM.tmp`, never matched by `*.json`) and renamed.
+
+Used by attack_pgd.py, attack_spsa.py and attack_autoattack.py; not a script of its own.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import arg_number, atomic_write, get_device, load_checkpoint, run_info, sha256_file
+from preprocess import (DATA_DIR, DataError, balanced_subset, cache_path, classification_metrics,
+                        load_cache)
+
+OUT_DIR = "results/attacks"
+SEED = 0
+RESULT_KIND = "nsr-ecg-attack-result"
+# settings that change only speed: a result computed with other values is still valid
+SPEED_ONLY = ("batch_size", "chunk_rows")
+REQUIRED = ("model", "arch", "attack", "eps", "settings", "clean", "adversarial", "indices",
+            "labels", "clean_pred", "adv_pred", "max_linf", "in_range", "checkpoint_sha256",
+            "data_sha256")
+STALE_TMP_S = 600          # temp files older than this are left-overs of a killed writer
+
+
+# ----------------------------------------------------------------------------- the target
+@torch.no_grad()
+def predict(model, x, batch_size=4096):
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def model_id(ckpt, checkpoint):
+    """The run name for a run's _best checkpoint (the one every table uses); another file of the
+    run is told apart: `{name}_last` for its last checkpoint, else the file's own stem."""
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    name = ckpt["config"].get("name") or stem
+    if stem == f"{name}_best":
+        return name
+    return f"{name}_last" if stem == name else stem
+
+
+def load_target(checkpoint, device, data_dir=DATA_DIR, sample=False, per_class=None):
+    """Model, its checkpoint dict and the test beats to attack (the first `per_class` of each
+    class, or the whole split), with everything a result records about where they came from."""
+    model, ckpt = load_checkpoint(checkpoint, device)
+    cache = load_cache(data_dir, sample)
+    y = cache["Y_test"].numpy()
+    idx = balanced_subset(y, per_class) if per_class else np.arange(len(y))
+    return {"model": model, "ckpt": ckpt, "checkpoint": checkpoint,
+            "name": model_id(ckpt, checkpoint),
+            "x": cache["X_test"][idx].to(device), "y": cache["Y_test"][idx].to(device),
+            "idx": idx, "device": device,
+            "checkpoint_sha256": sha256_file(checkpoint),
+            "data_sha256": sha256_file(cache_path(data_dir, sample)),
+            "data": {"cache": os.path.abspath(cache_path(data_dir, sample)), "sample": sample,
+                     "per_class": per_class, "source": cache["meta"]["source"]}}
+
+
+def count_zero_input_grad(model, x, y, batch_size=4096):
+    """Samples whose CE input gradient is exactly zero at the clean input (SPEC 7, check 8)."""
+    n = 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xb), y[i:i + batch_size],
+                                                   reduction="sum"), xb)
+        n += int((g.flatten(1) == 0).all(dim=1).sum())
+    return n
+
+
+# ----------------------------------------------------------------------------- records
+def result_path(out_dir, name, tag, eps):
+    return os.path.join(out_dir, f"{name}__{tag}__eps{eps:g}.json")
+
+
+def attack_record(target, x_adv, attack, settings, wall):
+    """SPEC 5's metrics for one (model, attack, eps), its provenance, and what evaluate.py needs
+    (per-beat labels and predictions for the worst case)."""
+    model, ckpt, x, y = target["model"], target["ckpt"], target["x"], target["y"]
+    clean, adv = predict(model, x), predict(model, x_adv)
+    yn = y.cpu().numpy()
+    return {
+        "kind": RESULT_KIND,
+        "model": target["name"],
+        "checkpoint": os.path.abspath(target["checkpoint"]),
+        "checkpoint_sha256": target["checkpoint_sha256"],
+        "data_sha256": target["data_sha256"],
+        "arch": ckpt["arch"], "method": ckpt["config"].get("method"),
+        "model_config": ckpt["config"],
+        "attack": attack, "eps": settings["eps"], "settings": settings,
+        "clean": classification_metrics(yn, clean.cpu().numpy()),
+        "adversarial": classification_metrics(yn, adv.cpu().numpy()),
+        "n_attacked": int((clean == y).sum()),
+        "n_fooled": int(((clean == y) & (adv != y)).sum()),
+        "max_linf": float((x_adv - x).abs().max()) if len(x) else 0.0,
+        "in_range": bool(len(x) == 0 or (x_adv.min() >= 0 and x_adv.max() <= 1)),
+        "zero_grad_samples": count_zero_input_grad(model, x, y),
+        "indices": np.asarray(target["idx"]).tolist(),
+        "labels": yn.tolist(),
+        "clean_pred": clean.cpu().numpy().tolist(),
+        "adv_pred": adv.cpu().numpy().tolist(),
+        "wall_s": wall,
+        "data": target["data"],
+        **run_info(target["device"]),
+    }
+
+
+def read_result(path):
+    """The parsed result, or raise ValueError saying why it is not a usable result."""
+    try:
+        with open(path) as f:
+            r = json.load(f)
+    except (OSError, ValueError) as e:       # JSONDecodeError is a ValueError
+        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(r, dict) or r.get("kind") != RESULT_KIND:
+        raise ValueError("not an attack result of this project")
+    missing = [k for k in REQUIRED if k not in r]
+    if missing:
+        raise ValueError(f"incomplete: missing fields {missing}")
+    if not isinstance(r["eps"], (int, float)) or isinstance(r["eps"], bool):
+        raise ValueError(f"eps is {r['eps']!r}, not a number")
+    if not (len(r["indices"]) == len(r["labels"]) == len(r["adv_pred"]) == len(r["clean_pred"])):
+        raise ValueError("indices, labels, clean_pred and adv_pred differ in length")
+    return r
+
+
+def core_settings(settings):
+    return {k: v for k, v in settings.items() if k not in SPEED_ONLY}
+
+
+def stale_reason(path, target, settings):
+    """None when `path` holds the result this run would compute; else why it must be redone."""
+    if not os.path.exists(path):
+        return "missing"
+    try:
+        r = read_result(path)
+    except ValueError as e:
+        return str(e)
+    if r["checkpoint_sha256"] != target["checkpoint_sha256"]:
+        return (f"made from another checkpoint (sha256 {r['checkpoint_sha256'][:12]}, "
+                f"{target['checkpoint']} is {target['checkpoint_sha256'][:12]})")
+    if r["data_sha256"] != target["data_sha256"]:
+        return f"made from other data (sha256 {r['data_sha256'][:12]} vs {target['data_sha256'][:12]})"
+    if core_settings(r["settings"]) != core_settings(settings):
+        return f"other settings ({core_settings(r['settings'])} vs {core_settings(settings)})"
+    if r["indices"] != np.asarray(target["idx"]).tolist():
+        return "made on other beats"
+    return None
+
+
+def clean_stale_temps(out_dir, max_age_s=STALE_TMP_S):
+    """Remove temp files a killed writer left behind (old enough not to be in flight)."""
+    now = time.time()
+    for p in glob.glob(os.path.join(out_dir, ".*.tmp")):
+        try:
+            if now - os.path.getmtime(p) > max_age_s:
+                os.remove(p)
+        except OSError:
+            pass
+
+
+def write_result(record, path):
+    def dump(tmp):
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+    atomic_write(path, dump)
+    return path
+
+
+def summary_line(record):
+    return (f"{record['model']:>18s} {record['attack']:>10s} eps={record['eps']:<5g} "
+            f"balanced acc {record['adversarial']['balanced_accuracy']:.4f} "
+            f"(clean {record['clean']['balanced_accuracy']:.4f}, n={len(record['labels'])}, "
+            f"{record['wall_s']:.1f} s)")
+
+
+# ----------------------------------------------------------------------------- the sweep
+def sweep(target, eps_list, attack, tag, settings_for, run_attack, out_dir=OUT_DIR, force=False):
+    """For each eps: skip an up-to-date result, else attack (run_attack(eps) -> x_adv) and write
+    its record. settings_for(eps) gives the settings the result must hold. Returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    clean_stale_temps(out_dir)
+    paths = []
+    for eps in eps_list:
+        settings = settings_for(eps)
+        path = result_path(out_dir, target["name"], tag, eps)
+        paths.append(path)
+        why = "--force" if force else stale_reason(path, target, settings)
+        if why is None:
+            print(f"up to date, skipped (--force recomputes): {path}")
+            continue
+        if why != "missing":
+            print(f"recomputing {path}: {why}")
+        t0 = time.perf_counter()
+        x_adv = run_attack(eps)
+        record = attack_record(target, x_adv, attack, settings, time.perf_counter() - t0)
+        write_result(record, path)
+        print(summary_line(record))
+    return paths
+
+
+# ----------------------------------------------------------------------------- CLI
+def eps_arg(text):
+    return arg_number(float, 0.0, 1.0)(text)
+
+
+def add_target_args(p, per_class_default=None):
+    p.add_argument("--checkpoint", required=True, help="a .pt written by train_*.py")
+    p.add_argument("--data-dir", default=DATA_DIR, help="where preprocess.py put the cache")
+    p.add_argument("--sample", action="store_true", help="attack the committed sample's test set")
+    p.add_argument("--max-samples", type=arg_number(int, 5), default=None,
+                   help="balanced subset: the first N/5 test beats of each class "
+                        "(default: the whole test split)" if per_class_default is None else
+                        "balanced subset of N beats (N/5 per class); overrides --per-class")
+    p.add_argument("--seed", type=arg_number(int, 0), default=SEED, help="attack seed")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out-dir", default=OUT_DIR, help="result folder")
+    p.add_argument("--force", action="store_true", help="recompute results that are up to date")
+
+
+def open_target(args, per_class=None):
+    """load_target from parsed flags; (target, None) or (None, exit code 2) with the message."""
+    if args.max_samples:
+        per_class = args.max_samples // 5
+    try:
+        return load_target(args.checkpoint, get_device(args.device), args.data_dir, args.sample,
+                           per_class), None
+    except (DataError, ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None, 2
+
+
+def parser(description):
+    return argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
