@@ -23,7 +23,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from attack_common import add_target_args, eps_arg, open_target, parser, predict, sweep
+from attack_common import add_target_args, eps_arg, open_target, parser, predict, run_sweep
 from attack_pgd import EPS_LIST
 from models import N_CLASSES, N_SAMPLES, arg_number, tune_malloc
 
@@ -109,7 +109,8 @@ def main(argv=None):
                                     "batch_size": args.batch_size}
         run = lambda eps: autoattack(model, x, y, name, eps, args.steps, args.n_queries,
                                      args.seed, args.batch_size, progress=True)
-        sweep(target, args.eps, name, tag, settings_for, run, args.out_dir, args.force)
+        if run_sweep(target, args.eps, name, tag, settings_for, run, args.out_dir, args.force):
+            return 2
     return 0
 
 

@@ -190,11 +190,15 @@ def sweep(target, eps_list, attack, tag, settings_for, run_attack, out_dir=OUT_D
     """For each eps: skip an up-to-date result, else attack (run_attack(eps) -> x_adv) and write
     its record. settings_for(eps) gives the settings the result must hold. Returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise PermissionError(f"{out_dir} is not writable")
     clean_stale_temps(out_dir)
     paths = []
     for eps in eps_list:
         settings = settings_for(eps)
-        path = result_path(out_dir, target["name"], tag, eps)
+        seed = settings.get("seed", SEED)
+        path = result_path(out_dir, target["name"], tag + (f"-seed{seed}" if seed != SEED else ""),
+                           eps)
         paths.append(path)
         why = "--force" if force else stale_reason(path, target, settings)
         if why is None:
@@ -208,6 +212,17 @@ def sweep(target, eps_list, attack, tag, settings_for, run_attack, out_dir=OUT_D
         write_result(record, path)
         print(summary_line(record))
     return paths
+
+
+def run_sweep(*args, **kwargs):
+    """sweep() for a script's main: 0, or 2 with a message when the result folder is not
+    writable."""
+    try:
+        sweep(*args, **kwargs)
+    except OSError as e:
+        print(f"error: cannot write results: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from attack_common import (SEED, add_target_args, eps_arg, open_target, parser, predict,
-                           sweep)
+                           run_sweep)
 from models import arg_number, tune_malloc
 
 EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]                         # SPEC 5
@@ -189,9 +189,8 @@ def main(argv=None):
         run = lambda eps: pgd_attack(model, x, y, eps, args.steps, args.step_size, args.variant,
                                      args.loss, args.restarts, args.seed, args.batch_size,
                                      progress=True)
-    sweep(target, args.eps or (NOISE_EPS_LIST if args.noise else EPS_LIST), attack, tag,
+    return run_sweep(target, args.eps or (NOISE_EPS_LIST if args.noise else EPS_LIST), attack, tag,
           settings_for, run, args.out_dir, args.force)
-    return 0
 
 
 if __name__ == "__main__":

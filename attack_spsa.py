@@ -25,7 +25,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from attack_common import add_target_args, eps_arg, open_target, parser, predict, sweep
+from attack_common import add_target_args, eps_arg, open_target, parser, predict, run_sweep
 from attack_pgd import adamax_ascent_, margin, uniform_start
 from models import arg_number, tune_malloc
 
@@ -149,8 +149,7 @@ def main(argv=None):
     run = lambda eps: spsa_attack(target["model"], target["x"], target["y"], eps, args.steps,
                                   args.n_dirs, args.delta, args.lr, args.seed, target["idx"],
                                   args.batch_size, args.chunk_rows, progress=True)
-    sweep(target, args.eps, "spsa", tag, settings_for, run, args.out_dir, args.force)
-    return 0
+    return run_sweep(target, args.eps, "spsa", tag, settings_for, run, args.out_dir, args.force)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from sklearn.metrics import (balanced_accuracy_score, confusion_matrix,
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from models import N_CLASSES, N_SAMPLES, atomic_write
+from models import CLASS_NAMES, N_CLASSES, N_SAMPLES, atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -132,23 +132,35 @@ def write_beats_csv(path, x, y):
 
 
 # ----------------------------------------------------------------------------- WFDB rebuild
-def record_names(wfdb_dir):
-    """Records listed in RECORDS (or every .hea), each checked for its .hea/.dat/.atr."""
+# the 48 records of the MIT-BIH Arrhythmia Database (PhysioNet's RECORDS file)
+MITDB_RECORDS = ("100 101 102 103 104 105 106 107 108 109 111 112 113 114 115 116 117 118 119 "
+                 "121 122 123 124 200 201 202 203 205 207 208 209 210 212 213 214 215 217 219 "
+                 "220 221 222 223 228 230 231 232 233 234").split()
+
+
+def record_names(wfdb_dir, records=None):
+    """The records to build from, each checked for its .hea/.dat/.atr: `records` when given,
+    else those listed in RECORDS, else the 48 standard ones. A missing one is an error (a subset
+    would silently change the class counts): name the ones to use with --records."""
     if not os.path.isdir(wfdb_dir):
         raise DataError(f"--wfdb {wfdb_dir}: no such folder (expected PhysioNet's mitdb records)")
     listing = os.path.join(wfdb_dir, "RECORDS")
-    if os.path.exists(listing):
+    if records:
+        names, source = list(records), "--records"
+    elif os.path.exists(listing):
         with open(listing) as f:
-            names = f.read().split()
+            names, source = f.read().split(), "RECORDS"
     else:
-        names = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(wfdb_dir, "*.hea")))
+        names, source = list(MITDB_RECORDS), "the 48 MIT-BIH records (no RECORDS file)"
     if not names:
-        raise DataError(f"--wfdb {wfdb_dir}: no records found (no RECORDS file and no .hea files)")
+        raise DataError(f"--wfdb {wfdb_dir}: RECORDS lists no records")
     missing = [f"{n}.{ext}" for n in names for ext in ("hea", "dat", "atr")
                if not os.path.exists(os.path.join(wfdb_dir, f"{n}.{ext}"))]
     if missing:
-        raise DataError(f"--wfdb {wfdb_dir}: missing record files: {', '.join(missing[:10])}"
-                        + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+        raise DataError(f"--wfdb {wfdb_dir}: records of {source} are missing files: "
+                        f"{', '.join(missing[:10])}"
+                        + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+                        + "; to build from fewer records, name them with --records")
     return names
 
 
@@ -180,11 +192,13 @@ def extract_beats(signal, ann_samples, ann_symbols):
     return beats, labels
 
 
-def build_from_wfdb(wfdb_dir):
+def build_from_wfdb(wfdb_dir, records=None):
     """All records -> (X, Y) beats in record order."""
     import wfdb  # imported here: only this path needs it
+    names = record_names(wfdb_dir, records)
+    print(f"--wfdb {wfdb_dir}: {len(names)} records ({' '.join(names)})")
     xs, ys = [], []
-    for name in tqdm(record_names(wfdb_dir), desc="records", unit="rec"):
+    for name in tqdm(names, desc="records", unit="rec"):
         path = os.path.join(wfdb_dir, name)
         try:
             rec = wfdb.rdrecord(path, channels=[0])          # channel 0: MLII (SPEC 1b)
@@ -202,6 +216,11 @@ def build_from_wfdb(wfdb_dir):
 
 def split_wfdb(x, y):
     """80/20 stratified by class with a fixed seed; rows sorted by class as in Kaggle's files."""
+    counts = np.bincount(y, minlength=N_CLASSES)
+    few = [CLASS_NAMES[c] for c in range(N_CLASSES) if 0 < counts[c] < 2]
+    if few:
+        raise DataError(f"these records hold a single beat of class {', '.join(few)}: too few "
+                        "to split 80/20 by class; use more records")
     train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=WFDB_TEST_FRACTION,
                                            stratify=y, random_state=WFDB_SPLIT_SEED)
     train_idx = train_idx[np.argsort(y[train_idx], kind="stable")]
@@ -209,8 +228,8 @@ def split_wfdb(x, y):
     return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
 
 
-def wfdb_to_csvs(wfdb_dir, data_dir):
-    x, y = build_from_wfdb(wfdb_dir)
+def wfdb_to_csvs(wfdb_dir, data_dir, records=None):
+    x, y = build_from_wfdb(wfdb_dir, records)
     (xtr, ytr), (xte, yte) = split_wfdb(x, y)
     write_beats_csv(os.path.join(data_dir, TRAIN_CSV), xtr, ytr)
     write_beats_csv(os.path.join(data_dir, TEST_CSV), xte, yte)
@@ -302,14 +321,14 @@ def load_cache(data_dir=DATA_DIR, sample=False):
                         f"rebuild it with preprocess.py --force") from None
 
 
-def prepare(data_dir=DATA_DIR, wfdb_dir=None, sample=False, force=False):
+def prepare(data_dir=DATA_DIR, wfdb_dir=None, sample=False, force=False, records=None):
     """Build the cache if its inputs changed. Returns (cache path, built: bool)."""
     os.makedirs(data_dir, exist_ok=True)
     out = cache_path(data_dir, sample)
     if sample:
         inputs, source = [SAMPLE_NPZ], "sample"
     elif wfdb_dir:
-        names = record_names(wfdb_dir)
+        names = record_names(wfdb_dir, records)
         inputs = [os.path.join(wfdb_dir, f"{n}.{e}") for n in names for e in ("hea", "dat", "atr")]
         source = "wfdb"
     else:
@@ -331,7 +350,7 @@ def prepare(data_dir=DATA_DIR, wfdb_dir=None, sample=False, force=False):
     if sample:
         train, test = read_sample()
     elif wfdb_dir:
-        train, test = wfdb_to_csvs(wfdb_dir, data_dir)
+        train, test = wfdb_to_csvs(wfdb_dir, data_dir, records)
         # continue exactly as for the Kaggle files: read back what was written
         train = read_beats_csv(os.path.join(data_dir, TRAIN_CSV))
         test = read_beats_csv(os.path.join(data_dir, TEST_CSV))
@@ -402,14 +421,18 @@ def main(argv=None):
     src = p.add_mutually_exclusive_group()
     src.add_argument("--wfdb", metavar="DIR", help="rebuild the CSVs from raw MIT-BIH records")
     src.add_argument("--sample", action="store_true", help="use the committed real sample")
+    p.add_argument("--records", nargs="+", metavar="NAME",
+                   help="with --wfdb: build from these records only (default: RECORDS or all 48)")
     p.add_argument("--make-sample", action="store_true",
                    help="with --wfdb: also rewrite the committed sample " + SAMPLE_NPZ)
     p.add_argument("--force", action="store_true", help="rebuild even if the inputs are unchanged")
     args = p.parse_args(argv)
     if args.make_sample and not args.wfdb:
         p.error("--make-sample needs --wfdb DIR")
+    if args.records and not args.wfdb:
+        p.error("--records needs --wfdb DIR")
     try:
-        path, built = prepare(args.data_dir, args.wfdb, args.sample, args.force)
+        path, built = prepare(args.data_dir, args.wfdb, args.sample, args.force, args.records)
         cache = load_cache(args.data_dir, args.sample)
         if args.make_sample:
             train = read_beats_csv(os.path.join(args.data_dir, TRAIN_CSV))
@@ -417,6 +440,9 @@ def main(argv=None):
             print(f"wrote sample {make_sample(train, test)}")
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:              # read-only or full data folder
+        print(f"error: cannot write to {args.data_dir}: {e}", file=sys.stderr)
         return 2
     print(f"{'wrote' if built else 'up to date (use --force to rebuild):'} {path}")
     print(summary(cache))

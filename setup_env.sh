@@ -24,7 +24,19 @@ fi
 # a stamp in .venv skips pip on later runs until a requirements file changes
 stamp=.venv/$(basename "$REQS").ok
 if [ "${NSR_NO_VENV:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$REQS" -nt "$stamp" ] \
-   || [ requirements.txt -nt "$stamp" ]; then
+   || [ requirements.txt -nt "$stamp" ] || [ requirements-nodeps.txt -nt "$stamp" ]; then
   "$PY" -m pip install -q -r "$REQS"
+  # torchattacks declares torchvision (which would pull a CUDA torch): no dependencies
+  "$PY" -m pip install -q --no-deps -r requirements-nodeps.txt
   [ "${NSR_NO_VENV:-0}" = 1 ] || touch "$stamp"
 fi
+# the torch build must still be the one installed first (no CUDA build pulled in by a package)
+"$PY" - <<'PYEOF'
+import os, shutil, sys
+import torch
+cpu_machine = shutil.which("nvidia-smi") is None and not os.environ.get("TORCH_INDEX")
+if cpu_machine and torch.version.cuda is not None:
+    sys.exit(f"setup_env.sh: a CUDA build of torch ({torch.__version__}) was installed on a "
+             "machine without a GPU: remove .venv and re-run")
+print(f"torch {torch.__version__} ({'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU build'})")
+PYEOF

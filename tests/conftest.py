@@ -5,11 +5,16 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-MITDB = os.path.join(ROOT, "..", "shared", "data", "mitdb")
-KAGGLE_ROWS = os.path.join(ROOT, "..", "shared", "data", "kaggle_format")
+# the raw MIT-BIH records (PhysioNet's mitdb, 48 records): MITDB_DIR, else beside the clone
+MITDB = os.environ.get("MITDB_DIR") or os.path.join(ROOT, "..", "shared", "data", "mitdb")
+KAGGLE_ROWS = os.path.join(ROOT, "tests", "data", "kaggle_format")   # committed real rows
 
+if os.environ.get("CI") == "true" and not os.path.isdir(MITDB):
+    # under CI a missing folder must fail the run, not skip the real-data tests
+    raise pytest.UsageError(f"CI=true but the raw MIT-BIH records are not at {MITDB}: set "
+                            "MITDB_DIR to PhysioNet's mitdb folder")
 needs_mitdb = pytest.mark.skipif(not os.path.isdir(MITDB),
-                                 reason=f"raw MIT-BIH records not found at {MITDB}")
+                                 reason=f"raw MIT-BIH records not found at {MITDB} (set MITDB_DIR)")
 needs_kaggle_rows = pytest.mark.skipif(not os.path.isdir(KAGGLE_ROWS),
                                        reason=f"real Kaggle rows not found at {KAGGLE_ROWS}")
 

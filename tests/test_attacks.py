@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
+import attack_autoattack
 import attack_pgd
 import attack_spsa
 import oracles
@@ -246,3 +247,110 @@ def test_cli_bad_checkpoint(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert attack_pgd.main(["--checkpoint", str(bad), "--device", "cpu"]) == 2
     assert "x.pt" in capsys.readouterr().err
+
+
+# --- the AutoAttack components (torchattacks) on the model trained above
+@pytest.mark.parametrize("name", attack_autoattack.ATTACKS)
+def test_autoattack_component_budget_and_untouched(trained, name):
+    model, x, y = trained
+    x, y = x[::2], y[::2]
+    wrong = attack_pgd.predict(model, x) != y
+    assert wrong.any()                              # some beats are misclassified to begin with
+    eps = 0.05
+    x_adv = attack_autoattack.autoattack(model, x, y, name, eps, steps=10, n_queries=200)
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert torch.equal(x_adv[wrong], x[wrong])
+    assert accuracy(model, x_adv, y) < accuracy(model, x, y)    # it found something
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t"])
+def test_autoattack_eps_one_drives_accuracy_to_zero(trained, name):
+    model, x, y = trained
+    x_adv = attack_autoattack.autoattack(model, x, y, name, 1.0, steps=20)
+    assert accuracy(model, x_adv, y) < 0.02
+
+
+def test_autoattack_cli_result_is_read_by_evaluate(checkpoint, sample_dir, tmp_path):
+    import evaluate
+    out = tmp_path / "attacks"
+    argv = ["--checkpoint", checkpoint, "--sample", "--data-dir", sample_dir, "--eps", "0.05",
+            "--steps", "5", "--n-queries", "50", "--max-samples", "25", "--out-dir", str(out),
+            "--device", "cpu", "--attacks", "apgd-ce", "square"]
+    assert attack_autoattack.main(argv) == 0
+    records, skipped = evaluate.load_results(str(out))
+    assert not skipped and sorted(r["attack"] for r in records) == ["apgd-ce", "square"]
+    for r in records:
+        assert r["max_linf"] <= 0.05 + 1e-6 and r["in_range"] and len(r["labels"]) == 25
+        assert r["settings"]["library"] == "torchattacks 3.5.1"
+        assert len(r["checkpoint_sha256"]) == 64 and len(r["data_sha256"]) == 64
+
+
+def test_results_recomputed_unless_provenance_matches(trained, sample_dir, tmp_path, capsys):
+    """Only a complete result of this checkpoint, data and settings is skipped; a corrupt one,
+    one from a retrained checkpoint or with other settings is recomputed, saying why."""
+    import time
+    from attack_common import read_result
+    model = trained[0]
+    ck = tmp_path / "mlp_ce_s0_best.pt"
+    cfg = {"method": "ce", "arch": "mlp", "name": "mlp_ce_s0"}
+    save_checkpoint(str(ck), model, None, 3, cfg, [])
+    out = tmp_path / "attacks"
+    argv = ["--checkpoint", str(ck), "--sample", "--data-dir", sample_dir, "--eps", "0.05",
+            "--steps", "3", "--max-samples", "25", "--out-dir", str(out), "--device", "cpu"]
+
+    def run(extra=()):
+        assert attack_pgd.main(argv + list(extra)) == 0
+        return capsys.readouterr().out
+    run()
+    (path,) = out.glob("*.json")
+    assert path.name == "mlp_ce_s0__pgd-paper-ce-s3-r1-n25__eps0.05.json"
+    first = read_result(path)
+    assert "up to date, skipped" in run()
+    for junk, why in (("garbage", "unreadable"), (path.read_text()[:200], "unreadable"),
+                      ('{"kind": "nsr-ecg-attack-result"}', "incomplete")):
+        path.write_text(junk)
+        said = run()
+        assert f"recomputing {path}: {why}" in said, said
+        assert read_result(path)["adv_pred"] == first["adv_pred"]
+    # a retrained checkpoint under the same name
+    other = build_model("mlp")
+    save_checkpoint(str(ck), other, None, 3, cfg, [])
+    assert "made from another checkpoint" in run()
+    assert read_result(path)["checkpoint_sha256"] != first["checkpoint_sha256"]
+    # other settings under the same file name (here: a batch size only changes speed)
+    assert "up to date" in run(["--batch-size", "7"])
+    # another attack seed is another result, next to the first
+    run(["--seed", "3"])
+    assert (out / "mlp_ce_s0__pgd-paper-ce-s3-r1-n25-seed3__eps0.05.json").exists()
+    # a temp file left by a killed writer: hidden, never read, removed once stale
+    tmp = out / ".mlp_ce_s0__pgd-paper-ce-s3-r1-n25__eps0.1.json.x1.tmp"
+    tmp.write_text(path.read_text())
+    os.utime(tmp, (time.time() - 3600, time.time() - 3600))
+    import evaluate
+    records, skipped = evaluate.load_results(str(out))
+    assert len(records) == 2 and not skipped
+    run()
+    assert not tmp.exists()
+
+
+@pytest.mark.parametrize("script,argv,msg", [
+    (attack_pgd, ["--eps", "2"], "argument --eps: 2 must be <= 1"),
+    (attack_pgd, ["--eps", "nan"], "argument --eps: nan is not a finite number"),
+    (attack_pgd, ["--step-size", "-0.01"], "argument --step-size: -0.01 must be > 0"),
+    (attack_pgd, ["--max-samples", "0"], "argument --max-samples: 0 must be >= 5"),
+    (attack_pgd, ["--max-samples", "-5"], "argument --max-samples: -5 must be >= 5"),
+    (attack_spsa, ["--delta", "0"], "argument --delta: 0 must be > 0"),
+    (attack_spsa, ["--n-dirs", "0"], "argument --n-dirs: 0 must be >= 1"),
+    (attack_autoattack, ["--steps", "0"], "argument --steps: 0 must be >= 1"),
+    (attack_autoattack, ["--attacks", "fgsm"], "invalid choice: 'fgsm'"),
+])
+def test_attack_bad_flags_exit_2(script, argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        script.main(["--checkpoint", "x.pt"] + argv)
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_attack_bad_device_exits_2(checkpoint, capsys):
+    assert attack_pgd.main(["--checkpoint", checkpoint, "--device", "gpu"]) == 2
+    assert "--device 'gpu'" in capsys.readouterr().err

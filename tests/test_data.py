@@ -133,8 +133,40 @@ def test_missing_record_files(tmp_path, capsys):
     out = tmp_path / "out"
     assert preprocess.main(["--wfdb", str(src), "--data-dir", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "missing record files: 101.atr" in err and str(src) in err
+    assert "records of RECORDS are missing files: 101.atr" in err and str(src) in err
+    assert "--records" in err
     assert not os.path.exists(out / "mitbih_data.pt")
+
+
+@needs_mitdb
+def test_wfdb_subset_without_records_file_is_refused(tmp_path, capsys):
+    """No RECORDS file and only some records: refused, naming the missing ones; --records
+    names the subset to use, and the records used are printed."""
+    src = tmp_path / "mitdb"
+    src.mkdir()
+    for name in ("100", "106", "119"):
+        for ext in ("hea", "dat", "atr"):
+            shutil.copy(os.path.join(MITDB, f"{name}.{ext}"), src)
+    out = tmp_path / "out"
+    assert preprocess.main(["--wfdb", str(src), "--data-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the 48 MIT-BIH records (no RECORDS file) are missing files: 101.hea" in err
+    assert not os.path.exists(out / "mitbih_data.pt")
+    assert preprocess.main(["--wfdb", str(src), "--data-dir", str(out), "--records", "106",
+                            "119"]) == 0
+    assert "2 records (106 119)" in capsys.readouterr().out
+    # record 100 holds a single V beat: too few to split by class, said plainly
+    assert preprocess.main(["--wfdb", str(src), "--data-dir", str(out / "b"), "--records",
+                            "100"]) == 2
+    assert "single beat of class" in capsys.readouterr().err
+
+
+def test_unwritable_data_folder_exits_2(tmp_path, capsys):
+    """A data folder that cannot be created or written (here under a regular file, which
+    stops root too): exit 2 with a message, no traceback."""
+    (tmp_path / "file").write_text("x")
+    assert preprocess.main(["--sample", "--data-dir", str(tmp_path / "file" / "ecg")]) == 2
+    assert "cannot write to" in capsys.readouterr().err
 
 
 def test_no_wfdb_folder(tmp_path, capsys):
