@@ -22,6 +22,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 from collections import defaultdict
 
@@ -194,6 +195,8 @@ def build_table(records, arch, kind):
         shas = sorted({s for r in rs.values()
                        for s in r.get("checkpoints", [r.get("checkpoint_sha256", "?")])})
         row = {"method": row_key(first["model_config"], arch)[1], "model": m,
+               "group": group_of(m), "seed": first["model_config"].get("seed", 0),
+               "order": row_key(first["model_config"], arch)[0],
                "checkpoint": " ".join(s[:8] for s in shas),
                "clean_bacc": first["clean"]["balanced_accuracy"], "clean_acc": first["clean"]["accuracy"],
                "n": len(first["labels"])}
@@ -205,37 +208,132 @@ def build_table(records, arch, kind):
     return pd.DataFrame(rows), chosen
 
 
-def table_markdown(df, title):
-    eps_cols = [c for c in df.columns if c.startswith("bacc_")]
-    fmt = lambda v: "-" if pd.isna(v) else f"{v:.3f}"
-    head = ["method", "n", "clean"] + [f"eps {c[5:]}" for c in eps_cols] + ["checkpoint"]
-    lines = [f"**{title}** (balanced accuracy)", "", "| " + " | ".join(head) + " |",
+def group_of(model):
+    """The run without its training seed: rows of one group are averaged over seeds."""
+    return re.sub(r"_s\d+$", "", model)
+
+
+def aggregate(df):
+    """One row per group (method and settings): the mean over training seeds of every cell,
+    its std (ddof 1), min and max, and how many seeds."""
+    cols = [c for c in df.columns if c.startswith(("bacc_", "acc_", "clean_"))]
+    rows = []
+    for group, g in sorted(df.groupby("group", sort=False), key=lambda kv: kv[1]["order"].iloc[0]):
+        row = {"method": g["method"].iloc[0], "model": group, "seeds": len(g),
+               "seed_list": " ".join(str(s) for s in sorted(g["seed"])), "n": g["n"].iloc[0],
+               "checkpoint": " ".join(g["checkpoint"])}
+        for c in cols:
+            v = g[c].astype(float)
+            row[c] = v.mean()
+            if c.startswith(("bacc_", "clean_bacc")):
+                row[c + "_std"] = v.std(ddof=1) if v.notna().sum() > 1 else np.nan
+                row[c + "_min"], row[c + "_max"] = v.min(), v.max()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table_markdown(agg, title):
+    eps_cols = [c for c in agg.columns if c.startswith("bacc_") and not c.endswith(("_std", "_min", "_max"))]
+
+    def fmt(r, c):
+        v, s = r[c], r.get(c + "_std", np.nan)
+        if pd.isna(v):
+            return "-"
+        return f"{v:.3f} ± {s:.3f}" if r["seeds"] > 1 and not pd.isna(s) else f"{v:.3f}"
+    many = (agg["seeds"] > 1).any()
+    head = ["method", "n"] + (["seeds"] if many else []) + ["clean"] \
+        + [f"eps {c[5:]}" for c in eps_cols] + ["checkpoint"]
+    lines = [f"**{title}** (balanced accuracy" + (", mean ± std over training seeds" if many else "")
+             + ")", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * 2 + "---:|" * (len(head) - 3) + "---|"]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join([r["method"], str(r["n"]), fmt(r["clean_bacc"])]
-                                       + [fmt(r[c]) for c in eps_cols]
+    for _, r in agg.iterrows():
+        lines.append("| " + " | ".join([r["method"], str(r["n"])]
+                                       + ([str(r["seeds"])] if many else [])
+                                       + [fmt(r, "clean_bacc")] + [fmt(r, c) for c in eps_cols]
                                        + [f"`{r['checkpoint']}`"]) + " |")
     return "\n".join(lines) + "\n"
 
 
+def write_csv(df, path):
+    atomic_write(path, lambda t: df.to_csv(t, index=False, na_rep="-", float_format="%.4f"))
+
+
 def write_table(df, out_base, title):
-    atomic_write(out_base + ".csv", lambda t: df.to_csv(t, index=False, na_rep="-",
-                                                         float_format="%.4f"))
-    md = table_markdown(df, title)
+    """{out_base}.csv: one row per method (means over seeds, std, min, max);
+    {out_base}_per_seed.csv: every seed's values; {out_base}.md: the table."""
+    agg = aggregate(df)
+    write_csv(agg, out_base + ".csv")
+    write_csv(df.drop(columns=["order"]), out_base + "_per_seed.csv")
+    md = table_markdown(agg, title)
     atomic_write(out_base + ".md", lambda t: open(t, "w").write(md))
-    return md
+    return md, agg
+
+
+def paired_differences(df, baseline="ce"):
+    """Each method minus CE per eps, paired by training seed (same data order, same attack
+    seed): mean difference and its 95% t-interval over seeds (n >= 2)."""
+    from scipy import stats
+    eps_cols = [c for c in df.columns if c.startswith("bacc_")]
+    base = df[df["group"].str.split("_").str[1] == baseline]
+    if base.empty:
+        return None
+    base = base.set_index("seed")
+    rows = []
+    for group, g in sorted(df.groupby("group", sort=False), key=lambda kv: kv[1]["order"].iloc[0]):
+        if group in set(base["group"]):
+            continue
+        g = g.set_index("seed")
+        seeds = sorted(set(g.index) & set(base.index))
+        row = {"method": g["method"].iloc[0], "model": group, "seeds": len(seeds)}
+        for c in ["clean_bacc"] + eps_cols:
+            d = (g.loc[seeds, c] - base.loc[seeds, c]).astype(float).dropna()
+            n = len(d)
+            half = (stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
+            row[c] = d.mean() if n else np.nan
+            row[c + "_lo"], row[c + "_hi"] = row[c] - half, row[c] + half
+            row[c + "_n"] = n
+        rows.append(row)
+    return pd.DataFrame(rows) if rows else None
+
+
+def diff_markdown(diff, title):
+    cols = ["clean_bacc"] + [c for c in diff.columns if c.startswith("bacc_")
+                             and not c.endswith(("_lo", "_hi", "_n"))]
+
+    def cell(r, c):
+        if pd.isna(r[c]):
+            return "-"
+        if pd.isna(r[c + "_lo"]):
+            return f"{r[c]:+.3f} (n={int(r[c + '_n'])}, no interval)"
+        mark = " *" if r[c + "_lo"] > 0 or r[c + "_hi"] < 0 else ""
+        return f"{r[c]:+.3f} [{r[c + '_lo']:+.3f}, {r[c + '_hi']:+.3f}]{mark}"
+    head = ["method", "seeds"] + ["clean" if c == "clean_bacc" else f"eps {c[5:]}" for c in cols]
+    lines = [f"**{title}** (balanced accuracy, method minus CE, paired by training seed; "
+             "[95% t-interval over seeds]; * = the interval excludes 0)", "",
+             "| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for _, r in diff.iterrows():
+        lines.append("| " + " | ".join([r["method"], str(r["seeds"])] + [cell(r, c) for c in cols])
+                     + " |")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- figures
-def plot_curves(df, path, title, xlabel="eps (L-inf, inputs in [0, 1])"):
+def plot_curves(agg, path, title, xlabel="eps (L-inf, inputs in [0, 1])"):
+    """Mean over seeds per method; a shaded band from the min to the max seed."""
     # the eps = 1 sanity run stays in the table; the curve shows the paper's range
-    eps_cols = [c for c in df.columns if c.startswith("bacc_") and float(c[5:]) <= 0.5]
+    eps_cols = [c for c in agg.columns if c.startswith("bacc_") and c.count("_") == 1
+                and float(c[5:]) <= 0.5]
     xs = [0.0] + [float(c[5:]) for c in eps_cols]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for _, r in df.iterrows():
-        ys = [r["clean_bacc"]] + [r[c] for c in eps_cols]
+    for _, r in agg.iterrows():
+        cols = ["clean_bacc"] + eps_cols
+        ys = [r[c] for c in cols]
         style = dict(lw=2.6, color="black") if r["method"].startswith("method 2") else dict(lw=1.4)
-        ax.plot(xs, ys, marker="o", ms=3.5, label=r["method"], **style)
+        label = r["method"] + (f" ({r['seeds']} seeds)" if r["seeds"] > 1 else "")
+        (line,) = ax.plot(xs, ys, marker="o", ms=3.5, label=label, **style)
+        if r["seeds"] > 1:
+            ax.fill_between(xs, [r[c + "_min"] for c in cols], [r[c + "_max"] for c in cols],
+                            color=line.get_color(), alpha=0.15, lw=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("balanced accuracy (mean per-class sensitivity)")
     ax.set_ylim(-0.02, 1.02)
@@ -612,12 +710,20 @@ def evaluate(results_dir=RESULTS_DIR):
                 report += [f"{arch.upper()}: not run.", ""]
                 continue
             mixed += [f"{kind} {m}: {c}" for m, c in zip(df["model"], df["checkpoint"]) if " " in c]
-            md = write_table(df, os.path.join(tables_dir, f"{kind}_{arch}"),
-                             f"{titles[kind]}, {arch.upper()}")
+            md, agg = write_table(df, os.path.join(tables_dir, f"{kind}_{arch}"),
+                                  f"{titles[kind]}, {arch.upper()}")
             fig = f"{kind}_{arch}.png"
-            plot_curves(df, os.path.join(fig_dir, fig), f"{titles[kind].split(' (')[0]}: "
-                                                        f"{arch.upper()}")
+            plot_curves(agg, os.path.join(fig_dir, fig), f"{titles[kind].split(' (')[0]}: "
+                                                         f"{arch.upper()}")
             report += [md, f"![{kind} {arch}](figures/{fig})", ""]
+            diff = paired_differences(df) if kind in ("worst", "pgd") else None
+            if diff is not None and (df["seed"].nunique() > 1):
+                base = os.path.join(tables_dir, f"diff_{kind}_{arch}")
+                write_csv(diff, base + ".csv")
+                dmd = diff_markdown(diff, f"{titles[kind].split(' (')[0]}, {arch.upper()}: "
+                                          "each method minus CE")
+                atomic_write(base + ".md", lambda t, s=dmd: open(t, "w").write(s))
+                report += [dmd, ""]
             if kind == "pgd":
                 eps = plot_per_class(chosen, arch, os.path.join(fig_dir, f"per_class_{arch}.png"))
                 if eps is not None:

@@ -14,7 +14,7 @@ CFG = {"ce": {"method": "ce", "arch": "cnn", "name": "cnn_ce"},
 
 
 def result(model, method, attack, eps, n_correct, n=20, settings=None, indices=None,
-           zero_grad=0, max_linf=None):
+           zero_grad=0, max_linf=None, seed=None):
     """A result where the first n_correct of n beats (4 per class) stay correct."""
     labels = [i % 5 for i in range(n)]
     adv = [y if i < n_correct else (y + 1) % 5 for i, y in enumerate(labels)]
@@ -27,7 +27,9 @@ def result(model, method, attack, eps, n_correct, n=20, settings=None, indices=N
     s.update(settings or {})
     from preprocess import classification_metrics
     return {"kind": "nsr-ecg-attack-result", "model": model, "arch": "cnn", "method": method,
-            "model_config": CFG[method], "attack": attack, "eps": eps, "settings": s,
+            "model_config": CFG[method] if seed is None else {**CFG[method], "seed": seed,
+                                                              "name": model},
+            "attack": attack, "eps": eps, "settings": s,
             "clean": classification_metrics(labels, labels),
             "adversarial": classification_metrics(labels, adv),
             "indices": indices or list(range(n)), "labels": labels, "clean_pred": labels,
@@ -213,3 +215,38 @@ def test_quick_preset_end_to_end_tiny(sample_dir, tmp_path):
     assert reproduce.main(argv) == 0
     assert sorted((res / "attacks").iterdir()) == attacks
     assert {p: p.stat().st_mtime_ns for p in attacks + ckpts} == mtimes
+
+
+def test_three_seeds_mean_std_and_paired_intervals(tmp_path):
+    """Cells are mean ± std over seeds; NSR minus CE is paired by seed with a 95% t-interval,
+    marked where it excludes 0 (eps 0.03: +0.2 every seed) and not where it does not (eps 0.1)."""
+    a = tmp_path / "attacks"
+    ce = {0.03: [12, 13, 12], 0.1: [6, 7, 8]}
+    nsr = {0.03: [16, 17, 16], 0.1: [7, 6, 9]}
+    for seed in range(3):
+        for eps in (0.03, 0.1):
+            for m, method, counts in (("cnn_ce", "ce", ce), ("cnn_nsr_0.3", "nsr", nsr)):
+                name = f"{m}_s{seed}"
+                write(a, f"{name}__pgd__eps{eps}.json",
+                      result(name, method, "pgd-paper", eps, counts[eps][seed], seed=seed))
+    assert evaluate.main(["--results-dir", str(tmp_path)]) == 0
+    agg = pd.read_csv(tmp_path / "tables" / "pgd_cnn.csv").set_index("model")
+    assert int(agg.loc["cnn_ce", "seeds"]) == 3
+    assert float(agg.loc["cnn_ce", "bacc_0.03"]) == pytest.approx(np.mean([0.6, 0.65, 0.6]), abs=1e-4)
+    assert float(agg.loc["cnn_ce", "bacc_0.03_std"]) == pytest.approx(np.std([0.6, 0.65, 0.6],
+                                                                             ddof=1), abs=1e-4)
+    per_seed = pd.read_csv(tmp_path / "tables" / "pgd_cnn_per_seed.csv")
+    assert sorted(per_seed["seed"]) == [0, 0, 1, 1, 2, 2]
+    md = (tmp_path / "tables" / "pgd_cnn.md").read_text()
+    assert "| CE | 20 | 3 | 1.000 ± 0.000 | 0.617 ± 0.029 | 0.350 ± 0.050 |" in md
+    diff = (tmp_path / "tables" / "diff_pgd_cnn.md").read_text()
+    row = next(l for l in diff.splitlines() if l.startswith("| method 2"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[3] == "+0.200 [+0.200, +0.200] *"            # eps 0.03: excludes 0
+    assert cells[4].startswith("+0.017 [") and not cells[4].endswith("*")   # eps 0.1: not
+    from scipy import stats
+    d = np.array([0.05, -0.05, 0.05])
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert cells[4] == f"+0.017 [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
+    png = tmp_path / "figures" / "pgd_cnn.png"
+    assert png.stat().st_size > 10_000
