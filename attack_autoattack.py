@@ -15,7 +15,7 @@ Clean-misclassified beats are not attacked (they count with their clean predicti
 every attack of this project. torchattacks works on images: a beat is fed as (N, 1, 1, 187);
 Square draws square windows and needs a height above 1, so it sees a beat folded to
 (N, 1, 11, 17) (187 = 11 x 17; only its search windows depend on the layout, not the budget).
-Every x_adv is checked against the budget and [0, 1] (SPEC 7, check 6) before it is recorded.
+Every x_adv is checked against the budget and [0, 1] (METHOD.md 7, check 6) before it is recorded.
 Results: one JSON per (checkpoint, attack, eps) in the format of attack_pgd.py (attack_common).
 """
 import sys

@@ -69,7 +69,7 @@ def load_target(checkpoint, device, data_dir=DATA_DIR, sample=False, per_class=N
 
 
 def count_zero_input_grad(model, x, y, batch_size=4096):
-    """Samples whose CE input gradient is exactly zero at the clean input (SPEC 7, check 8)."""
+    """Samples whose CE input gradient is exactly zero at the clean input (METHOD.md 7, check 8)."""
     n = 0
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].clone().requires_grad_(True)
@@ -85,7 +85,7 @@ def result_path(out_dir, name, tag, eps):
 
 
 def attack_record(target, x_adv, attack, settings, wall):
-    """SPEC 5's metrics for one (model, attack, eps), its provenance, and what evaluate.py needs
+    """METHOD.md 5's metrics for one (model, attack, eps), its provenance, and what evaluate.py needs
     (per-beat labels and predictions for the worst case)."""
     model, ckpt, x, y = target["model"], target["ckpt"], target["x"], target["y"]
     clean, adv = predict(model, x), predict(model, x_adv)

@@ -5,7 +5,7 @@
     python attack_pgd.py --checkpoint CKPT --noise           # uniform white noise instead
     python attack_pgd.py --checkpoint CKPT --max-samples 500 --eps 0.05 0.1
 
-variant "paper" (SPEC 5, the reference's attack): random start u ~ U[-eps, eps]; each of `steps`
+variant "paper" (METHOD.md 5, the reference's attack): random start u ~ U[-eps, eps]; each of `steps`
 iterations takes the gradient of the loss w.r.t. the noise (through the clamp to [0,1]), replaces
 it by its sign and feeds that to an Adamax optimiser on the noise (lr = step size, ascent), then
 projects the noise to [-eps, eps]; the input is clamp(x + noise, 0, 1). A sample stops as soon as
@@ -15,7 +15,7 @@ With restarts, a sample counts as fooled if any restart fools it (per-sample wor
 Clean-misclassified samples are never attacked: they count with their clean prediction.
 
 Writes one JSON per (checkpoint, attack, eps) under results/attacks/ (attack_common.py: an
-up-to-date result is skipped, a stale one recomputed) with SPEC 5's metrics, the
+up-to-date result is skipped, a stale one recomputed) with METHOD.md 5's metrics, the
 settings, seed, device, wall time, the checkpoint's and data's sha256, the per-sample adversarial predictions (for evaluate.py's
 worst case), the largest |x_adv - x|_inf and the count of samples whose input gradient is all 0.
 """
@@ -29,7 +29,7 @@ from attack_common import (SEED, add_target_args, eps_arg, open_target, parser, 
                            run_sweep)
 from models import arg_number, tune_malloc
 
-EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]                         # SPEC 5
+EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]                         # METHOD.md 5
 NOISE_EPS_LIST = [0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 STEPS = 100
 STEP_SIZE = 0.01
@@ -75,7 +75,7 @@ def pgd_batch(model, x, y, eps, steps, step_size, variant="paper", loss="ce", ge
     """Attack every sample of (x, y). Returns (x_adv, fooled). With early_stop, a sample stops
     at its first fooling input and keeps it; otherwise all run `steps` steps (adv. training).
 
-    SPEC 5, per sample (the paper variant; "sign" replaces the Adamax step by n += step*g):
+    METHOD.md 5, per sample (the paper variant; "sign" replaces the Adamax step by n += step*g):
         n = U(-eps, eps)
         for t in 0 .. steps:
             x_t = clamp(x + n, 0, 1)
@@ -121,7 +121,7 @@ def pgd_batch(model, x, y, eps, steps, step_size, variant="paper", loss="ce", ge
 
 def pgd_attack(model, x, y, eps, steps=STEPS, step_size=STEP_SIZE, variant=VARIANT, loss=LOSS,
                restarts=RESTARTS, seed=SEED, batch_size=BATCH_SIZE, progress=False):
-    """SPEC 5 PGD on the clean-correct samples of (x, y); returns x_adv (x where not attacked).
+    """METHOD.md 5 PGD on the clean-correct samples of (x, y); returns x_adv (x where not attacked).
     One generator seeded with `seed` draws every random start, batch after batch, restart
     after restart; a later restart only attacks the samples no earlier one fooled."""
     model.eval()

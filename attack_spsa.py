@@ -3,7 +3,7 @@
     python attack_spsa.py --checkpoint results/checkpoints/cnn_nsr_0.3_best.pt
     python attack_spsa.py --checkpoint CKPT --eps 0.05 0.1 --per-class 20 --steps 50
 
-SPEC 5: on the first 162 test beats of each class (810), for each eps: uniform random start in
+METHOD.md 5: on the first 162 test beats of each class (810), for each eps: uniform random start in
 [-eps, eps]; each of `steps` iterations draws n_dirs Rademacher directions v, evaluates the margin
 loss f(x) = max_{j != y} z_j - z_y at x + delta*v and x - delta*v, estimates the gradient as
 mean((f+ - f-) * v / (2 delta)), takes its sign and makes an Adamax step (lr 0.01) that increases
@@ -29,7 +29,7 @@ from attack_common import add_target_args, eps_arg, open_target, parser, predict
 from attack_pgd import adamax_ascent_, margin, uniform_start
 from models import arg_number, tune_malloc
 
-EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]     # SPEC 5
+EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]     # METHOD.md 5
 PER_CLASS = 162            # the first 162 test beats of each class: 810
 STEPS = 100
 N_DIRS = 2048

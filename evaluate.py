@@ -14,7 +14,7 @@ named and skipped) and the training histories in checkpoints/, then writes under
   figures/{kind}_{arch}.png      accuracy-vs-eps curves, one line per method;
   figures/per_class_{arch}.png   per-class sensitivity, NSR vs CE, under PGD;
   figures/example_beats.png      a beat of each class, clean vs adversarial, CE vs NSR CNN;
-  report.md   the tables, figures, the settings behind every number and SPEC 7's checks 1-9,
+  report.md   the tables, figures, the settings behind every number and METHOD.md 7's checks 1-9,
               each PASS, FAIL (with the offending numbers; also a WARNING line on stdout) or
               "not run".
 """
@@ -45,7 +45,7 @@ ARCHS = ("mlp", "cnn")
 METHOD_ORDER = ["ce", "mse", "mse_margin", "jacob", "adv", "align", "nsr"]
 METHOD_LABEL = {"ce": "CE", "mse": "MSE", "mse_margin": "MSE+margin", "jacob": "Jacobian",
                 "adv": "adv", "align": "method 1 (align)", "nsr": "method 2 (NSR)"}
-# thresholds of the sanity checks (SPEC 7)
+# thresholds of the sanity checks (METHOD.md 7)
 ONE_SAMPLE = 1.0       # checks 1-3: tolerance of one beat in the count
 SATURATED = 0.98       # check 4 skips an eps where PGD fooled this share of the attacked beats
 NOISE_SHARE = 0.5      # check 4: "far less" = white noise costs at most this share of PGD's drop
@@ -666,6 +666,19 @@ def settings_lines(records):
     return [f"- {d}: {', '.join(sorted(m))}" for d, m in sorted(groups.items())]
 
 
+def training_section(histories):
+    if not histories:
+        return []
+    lines = ["## Training", "", "| model | epochs | samples/epoch | best val bal. acc (epoch) "
+             "| last val bal. acc | train time (s) |", "|---|---:|---:|---:|---:|---:|"]
+    for h in sorted(histories, key=lambda h: (h["arch"], row_key(h["config"], h["arch"])[0],
+                                              h["model"])):
+        lines.append(f"| {h['model']} | {h['epochs']} | {h['samples_per_epoch']} | "
+                     f"{h['best_val_bacc']:.3f} ({h['best_epoch']}) | {h['last_val_bacc']:.3f}"
+                     f" | {h['train_s']:.0f} |")
+    return lines + [""]
+
+
 def evaluate(results_dir=RESULTS_DIR):
     records, skipped = load_results(os.path.join(results_dir, "attacks"))
     histories = load_histories(os.path.join(results_dir, "checkpoints"))
@@ -682,14 +695,7 @@ def evaluate(results_dir=RESULTS_DIR):
               "attacked and count with their clean prediction.", ""]
     if skipped:
         report += ["Skipped (corrupt or foreign): " + ", ".join(f"`{p}`" for p in skipped), ""]
-    if histories:
-        report += ["## Training", "", "| model | epochs | samples/epoch | best val bal. acc (epoch) "
-                   "| last val bal. acc | train time (s) |", "|---|---:|---:|---:|---:|---:|"]
-        for h in sorted(histories, key=lambda h: (h["arch"], row_key(h["config"], h["arch"])[0])):
-            report.append(f"| {h['model']} | {h['epochs']} | {h['samples_per_epoch']} | "
-                          f"{h['best_val_bacc']:.3f} ({h['best_epoch']}) | {h['last_val_bacc']:.3f}"
-                          f" | {h['train_s']:.0f} |")
-        report.append("")
+    report += training_section(histories)
     aa = worst_case(records, AUTOATTACKS, "autoattack")
     titles = {"worst": "Worst case per beat over every attack (the number to trust)",
               "pgd": "White-box PGD, the paper's variant (as the paper measures)",
@@ -739,7 +745,7 @@ def evaluate(results_dir=RESULTS_DIR):
                ["![example beats](figures/example_beats.png)", ""])
     report.append("The checkpoint column names the sha256 prefix of the checkpoint every "
                   "number of that row came from (recorded in each result JSON).\n")
-    report += ["## Sanity checks (SPEC 7; Carlini et al. 2019, Croce & Hein 2020)", ""]
+    report += ["## Sanity checks (METHOD.md 7; Carlini et al. 2019, Croce & Hein 2020)", ""]
     for name, (status, detail) in sanity_checks(records, worst):
         report.append(f"- **{status}** {name}: {detail}")
         if status == "FAIL":

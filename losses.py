@@ -1,7 +1,7 @@
-"""The training objectives of Ma & Liang (2020), SPEC 4, as plain functions.
+"""The training objectives of Ma & Liang (2020), METHOD.md 4, as plain functions.
 
 z: logits (N, 5); y: labels (N,); x: beats (N, 187). Every function takes exactly the samples it
-is given (the training loop picks the correctly classified ones where SPEC says so) and returns
+is given (the training loop picks the correctly classified ones where METHOD.md says so) and returns
 a scalar tensor. The per-sample input gradients of NSR and of the alignment term come from ONE
 backward pass: samples are independent (no batch norm), so d(sum_i z_{i,y_i})/dx holds every
 d z_{i,y_i}/d x_i in its row i. The reference loops over the 5 classes instead; the tests keep

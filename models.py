@@ -1,6 +1,6 @@
 """Models of Ma & Liang (2020) and the helpers every script shares.
 
-- MLP and the Kachuee 2018 residual 1-D CNN (SPEC 3), input (N, 187) in [0, 1], 5 logits out.
+- MLP and the Kachuee 2018 residual 1-D CNN (METHOD.md 3), input (N, 187) in [0, 1], 5 logits out.
 - Kernel normalisation: each output unit's weight vector is scaled to unit L2 norm, its bias
   by the same factor (`normalize_kernels`), at construction and before every training step.
 - Dead-unit re-initialisation: |dL/dW| is accumulated per output unit over an epoch
@@ -123,7 +123,7 @@ class CNN(KernelNormMixin, nn.Module):
         self.blocks = nn.ModuleList([ResBlock(bias) for _ in range(5)])
         self.linear1 = nn.Linear(64, 32, bias=bias)
         self.linear2 = nn.Linear(32, N_CLASSES, bias=bias)
-        # The reference normalises blocks 1-4 only, not block 5 (SPEC 3).
+        # The reference normalises blocks 1-4 only, not block 5 (METHOD.md 3).
         convs = [c for b in self.blocks[:4] for c in (b.conv1, b.conv2)]
         self._init_normalized([self.conv0, *convs, self.linear1, self.linear2])
 

@@ -1,4 +1,4 @@
-"""Build the heartbeat tensor cache every other script loads (SPEC 1, 1b, 2).
+"""Build the heartbeat tensor cache every other script loads (METHOD.md 1, 1b, 2).
 
 Three sources, one cache format (a dict of float32 X_* (N,187) and int64 Y_* for train/val/test):
 
@@ -46,10 +46,10 @@ TEST_CSV = "mitbih_test.csv"
 CACHE_FILE = "mitbih_data.pt"
 SAMPLE_CACHE_FILE = "mitbih_sample.pt"
 SAMPLE_NPZ = os.path.join(HERE, "ecg", "sample", "mitbih_sample.npz")  # committed real sample
-SPLIT_SEED = 0          # RandomState(0).shuffle of the train rows (SPEC 1)
+SPLIT_SEED = 0          # RandomState(0).shuffle of the train rows (METHOD.md 1)
 VAL_FRACTION = 0.2      # first int(0.8 n) shuffled rows train, the rest validation
 RANGE_TOL = 1e-6        # values may leave [0,1] by this much
-# Kachuee 2018 beat extraction (SPEC 1b)
+# Kachuee 2018 beat extraction (METHOD.md 1)
 FS_IN, FS_OUT = 360, 125
 RESAMPLE_UP, RESAMPLE_DOWN = 25, 72   # 360 Hz * 25/72 = 125 Hz
 WINDOW_S = 10.0                       # nominal period T = median R-R in each 10 s window
@@ -201,7 +201,7 @@ def build_from_wfdb(wfdb_dir, records=None):
     for name in tqdm(names, desc="records", unit="rec"):
         path = os.path.join(wfdb_dir, name)
         try:
-            rec = wfdb.rdrecord(path, channels=[0])          # channel 0: MLII (SPEC 1b)
+            rec = wfdb.rdrecord(path, channels=[0])          # channel 0: MLII (METHOD.md 1)
             ann = wfdb.rdann(path, "atr")
         except Exception as e:
             raise DataError(f"--wfdb {wfdb_dir}: record {name} cannot be read "
@@ -263,7 +263,7 @@ def read_sample(path=SAMPLE_NPZ):
 
 # ----------------------------------------------------------------------------- cache
 def split_train_val(x, y):
-    """SPEC 1: RandomState(0).shuffle of the row indices; first int(0.8 n) train, rest val."""
+    """METHOD.md 1: RandomState(0).shuffle of the row indices; first int(0.8 n) train, rest val."""
     idx = np.arange(len(y))
     np.random.RandomState(SPLIT_SEED).shuffle(idx)
     n_train = int((1 - VAL_FRACTION) * len(y))
@@ -373,7 +373,7 @@ def summary(cache):
 
 # ----------------------------------------------------------------------------- sampling, metrics
 def balanced_epoch_indices(y, seed, epoch, max_samples=None):
-    """SPEC 2: every class tiled up to the majority count (each copy in a fresh random order),
+    """METHOD.md 2: every class tiled up to the majority count (each copy in a fresh random order),
     then classes interleaved by a shuffle. Seeded by (seed, epoch), so an epoch is the same
     whether or not the run was resumed. `max_samples` truncates the epoch (quick runs)."""
     y = np.asarray(y)
@@ -396,7 +396,7 @@ def balanced_subset(y, per_class):
 
 
 def classification_metrics(y_true, y_pred):
-    """SPEC 2's headline: balanced accuracy (mean per-class sensitivity), plus the rest."""
+    """METHOD.md 2's headline: balanced accuracy (mean per-class sensitivity), plus the rest."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     labels = list(range(N_CLASSES))
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true" is expected

@@ -1,8 +1,10 @@
 """One command from data to report: train, attack, evaluate. Resumable.
 
     python reproduce.py quick               # the demo: <= 10 min on 2 CPU cores -> results/report.md
-    python reproduce.py paper               # the full protocol of SPEC 4-6 -> results/paper/report.md
+    python reproduce.py paper               # the full protocol of METHOD.md 4-6 -> results/paper/report.md
     python reproduce.py paper --device cuda --dry-run    # print the plan and the time estimate
+    python reproduce.py quick --seeds 0 1 2              # three training seeds: tables with +-
+    torchrun --nproc-per-node 2 reproduce.py quick       # the same on 2 workers (same results)
 
 (`bash reproduce.sh quick` does the same after installing what is needed.)
 
@@ -34,9 +36,11 @@ import evaluate
 import preprocess
 import train_baseline
 import train_nsr
-from models import get_device, tune_malloc
+from models import arg_number, get_device, tune_malloc
 
 BENCH_TRAIN = "results/bench/train.json"
+DEFAULT_EPS = {"attack_pgd": attack_pgd.EPS_LIST, "attack_pgd-noise": attack_pgd.NOISE_EPS_LIST,
+               "attack_spsa": attack_spsa.EPS_LIST, "attack_autoattack": attack_autoattack.EPS_LIST}
 BENCH_ATTACK = "results/bench/attack.json"
 
 # (method, settings that differ from the paper's) of each model; train_baseline.make_config
@@ -103,7 +107,7 @@ def attack_tasks(preset, cfg, target):
         tasks.append((f"Square {name}", attack_autoattack.main,
                       target + n(sq["max_samples"]) + ["--attacks", "square", "--n-queries",
                                                        str(sq["n_queries"])] + eps(sq["eps"])))
-    # sanity-check runs (SPEC 7): fewer steps, one vs several restarts, eps 1, noise
+    # sanity-check runs (METHOD.md 7): fewer steps, one vs several restarts, eps 1, noise
     if n_chk != n_main:
         tasks.append((f"PGD on the check subset {name}", attack_pgd.main,
                       target + n(n_chk) + ["--steps", str(pgd["steps"])] + chk_eps))
@@ -120,7 +124,30 @@ def attack_tasks(preset, cfg, target):
                                            "--eps", "1.0"]))
     tasks.append((f"noise {name}", attack_pgd.main,
                   target + n(preset["noise"]["max_samples"]) + ["--noise"]))
-    return tasks
+    return per_eps(tasks)
+
+
+def per_eps(tasks):
+    """One task per (model, attack, eps) and per AutoAttack component: small tasks balance over
+    workers, and each gives exactly the result it gives inside a sweep (seeded per call)."""
+    out = []
+    for label, fn, argv in tasks:
+        if "--eps" in argv:                      # --eps is always the last flag here
+            cut = argv.index("--eps")
+            base, eps = argv[:cut], argv[cut + 1:]
+        else:
+            kind = fn.__module__ + ("-noise" if "--noise" in argv else "")
+            base, eps = argv, [str(e) for e in DEFAULT_EPS[kind]]
+        attacks = [None]
+        if "--attacks" in base:
+            i = base.index("--attacks")
+            j = next((k for k in range(i + 1, len(base)) if base[k].startswith("--")), len(base))
+            attacks, base = base[i + 1:j], base[:i] + base[j:]
+        for a in attacks:
+            for e in eps:
+                extra = (["--attacks", a] if a else []) + ["--eps", e]
+                out.append((f"{label}{' ' + a if a else ''} eps {e}", fn, base + extra))
+    return out
 
 
 # CPU throughputs used when results/bench/train.json is absent (measured on 2 cores)
@@ -151,12 +178,17 @@ def train_configs(preset, archs, seeds, device, data_dir, sample, ckpt_dir):
             for seed in seeds for arch in archs for method, extra in preset["models"]]
 
 
-def estimate_minutes(preset, per_epoch, archs, n_seeds=1):
+def throughputs():
     sps = dict(DEFAULT_SPS)
     if os.path.exists(BENCH_TRAIN):
         with open(BENCH_TRAIN) as f:
-            for r in json.load(f).get("throughput", []):
-                sps[(r["arch"], r["method"])] = r["samples_per_s"]
+            for row in json.load(f).get("throughput", []):
+                sps[(row["arch"], row["method"])] = row["samples_per_s"]
+    return sps
+
+
+def estimate_minutes(preset, per_epoch, archs, n_seeds=1):
+    sps = throughputs()
     train_s = n_seeds * sum(preset["epochs"] * per_epoch / sps[(arch, method)]
                             for arch in archs for method, _ in preset["models"])
     return train_s / 60
@@ -178,6 +210,88 @@ def estimate_attack_minutes(preset, n_test):
     return len(preset["models"]) * (pgd + spsa) / 60
 
 
+class Workers:
+    """This process alone (plain python), or one of torchrun's workers. Under torchrun the
+    engine is torch.distributed: a gloo process group (CPU barriers; a CUDA worker uses
+    cuda:LOCAL_RANK), each worker torch.set_num_threads(cores // local workers), and work handed
+    out through the group's store: an atomic store.add counter over a phase's task list, so
+    uneven tasks balance themselves. Phases end with a barrier."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        self.attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        self.done = 0
+        if self.world > 1:
+            import datetime
+            import torch.distributed as dist
+            self.dist = dist
+            # long tasks (a CNN's 50 epochs) keep the others waiting at a barrier for hours
+            dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+            self.store = dist.distributed_c10d._get_default_store()
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            torch.set_num_threads(max(1, cores // local_world))
+
+    def device(self, name):
+        """--device auto/cuda under torchrun: one GPU per local rank."""
+        if self.world > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
+            return f"cuda:{self.local_rank % torch.cuda.device_count()}"
+        return name
+
+    def run(self, phase, tasks):
+        """Every task once over all workers (in list order: put the longest first)."""
+        if self.world == 1:
+            for task in tasks:
+                self.step(*task)
+            return
+        key = f"nsr/attempt{self.attempt}/{phase}"
+        while (i := self.store.add(key, 1) - 1) < len(tasks):
+            self.step(*tasks[i])
+        self.dist.barrier()
+
+    def step(self, label, fn, argv):
+        fault = os.environ.get("NSR_FAULT_AFTER_TASKS")    # the tests' way to kill a worker
+        if fault and self.rank == self.world - 1 and self.attempt == "0" \
+                and self.done >= int(fault):
+            print(f"rank {self.rank}: simulated crash before {label}", flush=True)
+            os._exit(17)
+        step(f"{label}" + (f" [rank {self.rank}]" if self.world > 1 else ""), fn, argv)
+        self.done += 1
+
+    def rank0_first(self, fn):
+        """fn() on rank 0, then the others (e.g. building the data cache once)."""
+        if self.rank == 0:
+            fn()
+        if self.world > 1:
+            self.dist.barrier()
+        if self.rank != 0:
+            fn()
+
+    def close(self):
+        if self.world > 1:
+            self.dist.barrier()
+            self.dist.destroy_process_group()
+
+
+def train_estimate_s(cfg, per_epoch):
+    """Seconds to train cfg on a 2-core CPU, from results/bench (to hand out the longest first)."""
+    return cfg["epochs"] * per_epoch / throughputs()[(cfg["arch"], cfg["method"])]
+
+
+ATTACK_COST = {"attack_pgd": 1, "attack_spsa": 20, "attack_autoattack": 10}
+
+
+def attack_estimate(task):
+    """A relative cost of an attack task (CNN ~10x MLP; SPSA and AutoAttack dearer than PGD)."""
+    _, fn, argv = task
+    cost = ATTACK_COST[fn.__module__] * (10 if "cnn_" in os.path.basename(argv[1]) else 1)
+    if "fab-t" in argv or "apgd-t" in argv:
+        cost *= 4
+    return cost
+
+
 def step(label, fn, argv):
     print(f"\n=== {label}: {' '.join(argv)}", flush=True)
     rc = fn(argv)
@@ -185,34 +299,41 @@ def step(label, fn, argv):
         raise SystemExit(f"step failed ({label}), exit code {rc}: fix it and re-run to resume")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("preset", choices=sorted(PRESETS))
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--data-dir", default=preprocess.DATA_DIR)
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("preset", choices=sorted(PRESETS), help="quick (the demo) or paper")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (one GPU per worker)")
+    p.add_argument("--data-dir", default=preprocess.DATA_DIR, help="the data cache's folder")
     p.add_argument("--results-dir", default=None, help="default: results (quick), results/paper")
-    p.add_argument("--archs", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+    p.add_argument("--archs", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"],
+                   help="architectures")
+    p.add_argument("--seeds", type=arg_number(int, 0), nargs="+", default=[0],
                    help="training seeds (the attack seed stays fixed)")
     p.add_argument("--phases", nargs="+", choices=["train", "attack", "evaluate"],
                    default=["train", "attack", "evaluate"], help="which phases to run")
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
-    # overrides (tests use tiny values)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-train-samples", type=int, default=None)
-    p.add_argument("--pgd-steps", type=int, default=None)
-    p.add_argument("--pgd-samples", type=int, default=None)
-    p.add_argument("--spsa-steps", type=int, default=None)
-    p.add_argument("--spsa-dirs", type=int, default=None)
-    p.add_argument("--aa-steps", type=int, default=None, help="APGD/FAB iterations")
-    p.add_argument("--square-queries", type=int, default=None)
-    args = p.parse_args(argv)
+    # overrides of the preset (the tests use tiny values); default: the preset's
+    positive = arg_number(int, 1)
+    for flag, what in (("--epochs", "epochs"), ("--max-train-samples", "samples per epoch"),
+                       ("--pgd-steps", "paper PGD steps"),
+                       ("--pgd-samples", "beats for PGD, noise and AutoAttack"),
+                       ("--spsa-steps", "SPSA iterations"), ("--spsa-dirs", "SPSA directions"),
+                       ("--aa-steps", "APGD/FAB iterations"), ("--square-queries", "Square queries")):
+        p.add_argument(flag, type=positive, default=None, help=what)
+    return p
+
+
+OVERRIDES = {"epochs": (None, "epochs"), "max_train_samples": (None, "max_train_samples"),
+             "pgd_steps": ("pgd", "steps"), "pgd_samples": ("pgd", "max_samples"),
+             "spsa_steps": ("spsa", "steps"), "spsa_dirs": ("spsa", "n_dirs"),
+             "aa_steps": ("autoattack", "steps"), "square_queries": ("square", "n_queries")}
+
+
+def preset_from_args(args):
+    """The preset with the command line's overrides applied."""
     preset = json.loads(json.dumps(PRESETS[args.preset]))
-    for key, (section, field) in {"epochs": (None, "epochs"),
-                                  "max_train_samples": (None, "max_train_samples"),
-                                  "pgd_steps": ("pgd", "steps"), "pgd_samples": ("pgd", "max_samples"),
-                                  "spsa_steps": ("spsa", "steps"),
-                                  "spsa_dirs": ("spsa", "n_dirs")}.items():
+    for key, (section, field) in OVERRIDES.items():
         v = getattr(args, key)
         if v is not None:
             (preset if section is None else preset[section])[field] = v
@@ -220,13 +341,30 @@ def main(argv=None):
         preset["noise"]["max_samples"] = args.pgd_samples
         preset["autoattack"]["max_samples"] = args.pgd_samples
         preset["square"]["max_samples"] = min(args.pgd_samples, 50)
-    for key, (section, field) in {"aa_steps": ("autoattack", "steps"),
-                                  "square_queries": ("square", "n_queries")}.items():
-        if getattr(args, key) is not None:
-            preset[section][field] = getattr(args, key)
+    return preset
+
+
+def print_plan(preset, args, workers, per_epoch, n_test, device, results):
+    hours = lambda m: f"{m / 60:.1f} h" if m >= 60 else f"{m:.0f} min"
+    est = estimate_minutes(preset, per_epoch, args.archs, len(args.seeds))
+    print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs x "
+          f"{len(args.seeds)} seeds, {preset['epochs']} epochs of {per_epoch} samples, on "
+          f"{workers.world} worker(s). Estimated for one worker on a 2-core CPU (from "
+          f"results/bench): training {hours(est)}, attacks on the CNNs at most "
+          f"{hours(estimate_attack_minutes(preset, n_test))} (less: fooled beats stop early)"
+          + ("; a GPU should be many times faster (not measured here)"
+             if get_device(device).type != "cpu" else "")
+          + f". Results under {results}/.")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    preset = preset_from_args(args)
     results = args.results_dir or preset["results"]
     t_start = time.perf_counter()
     tune_malloc()
+    workers = Workers()
+    device = workers.device(args.device)
 
     # --- data
     kaggle = all(os.path.exists(os.path.join(args.data_dir, f))
@@ -236,52 +374,50 @@ def main(argv=None):
         print(f"error: the paper preset needs the full data: put the Kaggle CSVs in "
               f"{args.data_dir}/ or run 'python preprocess.py --wfdb DIR' first", file=sys.stderr)
         return 2
-    if sample:
+    if sample and workers.rank == 0:
         print(f"No Kaggle CSVs in {args.data_dir}/: using the committed real sample "
               f"({os.path.relpath(preprocess.SAMPLE_NPZ)}, beats rebuilt from MIT-BIH records).")
     data_flags = ["--data-dir", args.data_dir] + (["--sample"] if sample else [])
-    step("data", preprocess.main, data_flags)
+    workers.rank0_first(lambda: step("data", preprocess.main, data_flags))
     cache = preprocess.load_cache(args.data_dir, sample)
     n_train = 5 * int(np.bincount(cache["Y_train"].numpy()).max())   # one balanced epoch
     per_epoch = min(preset["max_train_samples"] or n_train, n_train)
-    est = estimate_minutes(preset, per_epoch, args.archs, len(args.seeds))
-    est_att = estimate_attack_minutes(preset, len(cache["Y_test"]))
-    hours = lambda m: f"{m / 60:.1f} h" if m >= 60 else f"{m:.0f} min"
-    print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs, {preset['epochs']} "
-          f"epochs of {per_epoch} samples. Estimated on a 2-core CPU (from results/bench): "
-          f"training {hours(est)}, attacks on the CNNs at most {hours(est_att)} (less: fooled "
-          "beats stop early)"
-          + ("; a GPU should be many times faster (not measured here)"
-             if get_device(args.device).type != "cpu" else "")
-          + f". Results under {results}/.")
+    if workers.rank == 0:
+        print_plan(preset, args, workers, per_epoch, len(cache["Y_test"]), device, results)
     if args.dry_run:
+        workers.close()
         return 0
 
-    # --- training
+    # --- training: one task per (arch, method, seed), longest first
     ckpt_dir = os.path.join(results, "checkpoints")
-    cfgs = train_configs(preset, args.archs, args.seeds, args.device, args.data_dir, sample,
-                         ckpt_dir)
-    for cfg in cfgs if "train" in args.phases else []:
+    cfgs = train_configs(preset, args.archs, args.seeds, device, args.data_dir, sample, ckpt_dir)
+    tasks = []
+    for cfg in sorted(cfgs, key=lambda c: -train_estimate_s(c, per_epoch)):
         if finished(cfg):
             print(f"=== train {cfg['name']}: done, skipped")
             continue
         fn = train_nsr.main if cfg["method"] in train_nsr.METHODS else train_baseline.main
         resume = ["--resume"] if os.path.exists(train_baseline.checkpoint_paths(cfg)[0]) else []
-        step(f"train {cfg['name']}", fn, train_baseline.config_argv(cfg) + resume)
-    # --- attacks
-    attack_dir = os.path.join(results, "attacks")
-    for cfg in cfgs if "attack" in args.phases else []:
-        target = ["--checkpoint", train_baseline.checkpoint_paths(cfg)[1], "--device",
-                  args.device, "--out-dir", attack_dir, *data_flags]
-        for label, fn, argv in attack_tasks(preset, cfg, target):
-            step(label, fn, argv)
+        tasks.append((f"train {cfg['name']}", fn, train_baseline.config_argv(cfg) + resume))
+    if "train" in args.phases:
+        workers.run("train", tasks)
 
-    # --- report
-    if "evaluate" not in args.phases:
-        return 0
-    step("evaluate", evaluate.main, ["--results-dir", results])
-    print(f"\nreport: {os.path.join(results, 'report.md')} "
-          f"(total {(time.perf_counter() - t_start) / 60:.1f} min)")
+    # --- attacks: one task per (model, attack, eps), dearest first
+    attack_dir = os.path.join(results, "attacks")
+    tasks = []
+    for cfg in cfgs:
+        target = ["--checkpoint", train_baseline.checkpoint_paths(cfg)[1], "--device",
+                  device, "--out-dir", attack_dir, *data_flags]
+        tasks += attack_tasks(preset, cfg, target)
+    if "attack" in args.phases:
+        workers.run("attack", sorted(tasks, key=lambda t: -attack_estimate(t)))
+
+    # --- report (rank 0)
+    if "evaluate" in args.phases and workers.rank == 0:
+        step("evaluate", evaluate.main, ["--results-dir", results])
+        print(f"\nreport: {os.path.join(results, 'report.md')} "
+              f"(total {(time.perf_counter() - t_start) / 60:.1f} min)")
+    workers.close()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Train the paper's baselines (SPEC 2-4): CE, MSE, MSE+margin, Jacobian regularisation, PGD
+"""Train the paper's baselines (METHOD.md 2-4): CE, MSE, MSE+margin, Jacobian regularisation, PGD
 adversarial training. The training loop here is shared with train_nsr.py.
 
     python train_baseline.py --arch cnn --method ce
@@ -8,7 +8,7 @@ adversarial training. The training loop here is shared with train_nsr.py.
 
 Each epoch draws 5 x (majority class count) samples with the class-balanced sampler, in batches
 of 128; before every step the kernels are normalised; after it |dL/dW| is accumulated and at the
-start of every epoch after the first, dead units are re-initialised (SPEC 3). After each epoch:
+start of every epoch after the first, dead units are re-initialised (METHOD.md 3). After each epoch:
 validation balanced accuracy, the last checkpoint results/checkpoints/{name}.pt and the best on
 validation {name}_best.pt. Every epoch is seeded from (seed, epoch), so --resume gives the same
 numbers as a run that was never interrupted.
@@ -91,7 +91,7 @@ NAME_TAGS = {"lr": "lr", "batch_size": "bs", "margin": "m", "max_train_samples":
 
 
 def paper_config(arch, method):
-    """The paper's settings for one (arch, method) (SPEC 3-4); `seed` is the default seed."""
+    """The paper's settings for one (arch, method) (METHOD.md 3-4); `seed` is the default seed."""
     import train_nsr        # its constants; imported here (train_nsr imports this module)
     if arch not in ("mlp", "cnn"):
         raise ValueError(f"unknown arch {arch!r}: choose mlp or cnn")
@@ -181,7 +181,7 @@ class NonFiniteLoss(ValueError):
 
 
 def train_step(model, optimizer, x, y, cfg, objective, gen):
-    """One step of SPEC 3-4: normalise kernels, objective, backward, accumulate |dL/dW|,
+    """One step of METHOD.md 3-4: normalise kernels, objective, backward, accumulate |dL/dW|,
     the CE recipe's decoupled decay (ce, jacob, adv), Adamax step. A non-finite loss stops
     training before it touches the weights."""
     model.normalize_kernels()
@@ -213,7 +213,7 @@ def save_finite(path, model, optimizer, epoch, cfg, history, data=None):
 
 
 def sync_best(best_path, model, optimizer, epoch, cfg, history, data):
-    """--resume repairs a best checkpoint left behind by a kill (SPEC: best on validation): when
+    """--resume repairs a best checkpoint left behind by a kill: when
     the last epoch is the best one, the best file must hold that epoch."""
     best_epoch = max(history, key=lambda h: h["val_balanced_accuracy"])["epoch"]
     if best_epoch != epoch:
@@ -228,8 +228,33 @@ def sync_best(best_path, model, optimizer, epoch, cfg, history, data):
         save_finite(best_path, model, optimizer, epoch, cfg, history, data)
 
 
+def resume(cfg, device, data_info):
+    """(model, optimizer, history, first epoch) from the last checkpoint of cfg's run; refused
+    when there is none, or it was trained with other settings or on other data."""
+    last_path, best_path = checkpoint_paths(cfg)
+    if not os.path.exists(last_path):
+        raise ValueError(f"--resume: no checkpoint {last_path} to continue (drop --resume "
+                         "to start a new run)")
+    model, ckpt = load_checkpoint(last_path, device, arch=cfg["arch"])
+    changed = {k for k in set(cfg) | set(ckpt["config"])
+               if k not in ("epochs", "resume", "device") and ckpt["config"].get(k) != cfg.get(k)}
+    if (ckpt.get("data") or {}).get("sha256") not in (None, data_info["sha256"]):
+        raise ValueError(f"--resume: {last_path} was trained on other data than "
+                         f"{data_info['cache']} (sha256 {ckpt['data']['sha256'][:12]} vs "
+                         f"{data_info['sha256'][:12]})")
+    if changed:
+        raise ValueError(f"--resume: {last_path} was trained with other settings: "
+                         + ", ".join(f"{k}={ckpt['config'].get(k)!r} (now {cfg.get(k)!r})"
+                                     for k in sorted(changed)))
+    optimizer = torch.optim.Adamax(model.parameters(), lr=cfg["lr"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    sync_best(best_path, model, optimizer, ckpt["epoch"], cfg, ckpt["history"], data_info)
+    print(f"resuming {cfg['name']} after epoch {ckpt['epoch'] + 1}/{cfg['epochs']}")
+    return model, optimizer, ckpt["history"], ckpt["epoch"] + 1
+
+
 def train(cfg, objective):
-    """The training loop of SPEC 2-3 for any objective(model, x, y, cfg, gen) -> (loss, terms)."""
+    """The training loop of METHOD.md 2-3 for any objective(model, x, y, cfg, gen) -> (loss, terms)."""
     device = get_device(cfg["device"])
     data = load_cache(cfg["data_dir"], cfg["sample"])
     xtr, ytr = data["X_train"].to(device), data["Y_train"].to(device)
@@ -246,26 +271,7 @@ def train(cfg, objective):
     optimizer = torch.optim.Adamax(model.parameters(), lr=cfg["lr"])
     history, start = [], 0
     if cfg["resume"]:
-        if not os.path.exists(last_path):
-            raise ValueError(f"--resume: no checkpoint {last_path} to continue (drop --resume "
-                             "to start a new run)")
-        model, ckpt = load_checkpoint(last_path, device, arch=cfg["arch"])
-        changed = {k for k in set(cfg) | set(ckpt["config"])
-                   if k not in ("epochs", "resume", "device")
-                   and ckpt["config"].get(k) != cfg.get(k)}
-        if (ckpt.get("data") or {}).get("sha256") not in (None, data_info["sha256"]):
-            raise ValueError(f"--resume: {last_path} was trained on other data than "
-                             f"{path} (sha256 {ckpt['data']['sha256'][:12]} vs "
-                             f"{data_info['sha256'][:12]})")
-        if changed:
-            raise ValueError(f"--resume: {last_path} was trained with other settings: "
-                             + ", ".join(f"{k}={ckpt['config'].get(k)!r} (now {cfg.get(k)!r})"
-                                         for k in sorted(changed)))
-        optimizer = torch.optim.Adamax(model.parameters(), lr=cfg["lr"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        history, start = ckpt["history"], ckpt["epoch"] + 1
-        sync_best(best_path, model, optimizer, ckpt["epoch"], cfg, history, data_info)
-        print(f"resuming {name} after epoch {ckpt['epoch'] + 1}/{cfg['epochs']}")
+        model, optimizer, history, start = resume(cfg, device, data_info)
     best = max((h["val_balanced_accuracy"] for h in history), default=-1.0)
     model.train()
     print(f"training {name} on {device} ({data['meta']['source']} data, "

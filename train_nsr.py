@@ -1,4 +1,4 @@
-"""Train with the paper's two regularisers (SPEC 4): NSR (method 2, the headline) and gradient
+"""Train with the paper's two regularisers (METHOD.md 4): NSR (method 2, the headline) and gradient
 alignment (method 1). Both add to MSE + margin, on the correctly classified samples.
 
     python train_nsr.py --arch cnn --method nsr            # beta 0.3 (CNN), 0.4 (MLP)

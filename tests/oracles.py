@@ -1,4 +1,4 @@
-"""Straightforward implementations of SPEC rules, kept only as oracles for the tests and as the
+"""Straightforward implementations of METHOD.md rules, kept only as oracles for the tests and as the
 baselines of bench.py: slow, literal, one sample (or class) at a time."""
 import torch
 import torch.nn.functional as F
@@ -9,7 +9,7 @@ from losses import margin_loss, mse_loss
 
 
 def pgd_paper_spec_loop(model, x, y, eps, steps=100, step_size=0.01, seed=0):
-    """SPEC 5's loop transcribed line by line, one sample at a time, torch.optim.Adamax on the
+    """METHOD.md 5's loop transcribed line by line, one sample at a time, torch.optim.Adamax on the
     noise. The random starts are drawn as pgd_attack draws them (one generator seeded with
     `seed`, one (n_correct, 187) draw, in order), so both see the same start per sample."""
     gen = torch.Generator(device=x.device).manual_seed(seed)

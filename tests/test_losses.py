@@ -1,4 +1,4 @@
-"""losses.py against a straightforward per-class-loop implementation of SPEC 4 (float64)."""
+"""losses.py against a straightforward per-class-loop implementation of METHOD.md 4 (float64)."""
 import pytest
 import torch
 

@@ -1,0 +1,80 @@
+"""reproduce.py under torchrun: 2 CPU workers give the same checkpoints and per-beat predictions
+as 1 worker with the same threads per worker; a worker killed mid-run and restarted by
+torchrun --max-restarts finishes the run without redoing finished work."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+TINY = ["quick", "--device", "cpu", "--archs", "mlp", "--epochs", "1",
+        "--max-train-samples", "256", "--pgd-steps", "3", "--pgd-samples", "25",
+        "--spsa-steps", "2", "--spsa-dirs", "8", "--aa-steps", "2", "--square-queries", "10"]
+CORES = len(os.sched_getaffinity(0))
+
+
+def run(tmp_path, name, nproc, fault=None):
+    res, data = tmp_path / name, tmp_path / f"{name}_ecg"
+    data.mkdir()
+    args = TINY + ["--results-dir", str(res), "--data-dir", str(data)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if nproc == 1:      # the same threads per worker as each of torchrun's workers gets
+        env["OMP_NUM_THREADS"] = str(max(1, CORES // 2))
+        cmd = [sys.executable, "reproduce.py", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "--max-restarts=1", "reproduce.py", *args]
+    if fault is not None:
+        env["NSR_FAULT_AFTER_TASKS"] = str(fault)
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return res, p.stdout + p.stderr
+
+
+def outputs(res):
+    ckpts = {p.name: torch.load(p, weights_only=True)["state_dict"]
+             for p in sorted((res / "checkpoints").glob("*.pt"))}
+    preds = {}
+    for p in sorted((res / "attacks").glob("*.json")):
+        r = json.loads(p.read_text())
+        preds[p.name] = (r["indices"], r["clean_pred"], r["adv_pred"])
+    return ckpts, preds
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("dist"), "one", 1)
+
+
+def test_two_workers_same_results_as_one(one_worker, tmp_path):
+    res1, _ = one_worker
+    res2, log = run(tmp_path, "two", 2)
+    assert "[rank 0]" in log and "[rank 1]" in log          # both workers took tasks
+    c1, p1 = outputs(res1)
+    c2, p2 = outputs(res2)
+    assert sorted(c1) == sorted(c2) and len(c1) == 10        # 5 models: last and best
+    for name in c1:
+        for k in c1[name]:
+            assert torch.equal(c1[name][k], c2[name][k]), (name, k)
+    assert sorted(p1) == sorted(p2) and len(p1) > 40
+    assert p1 == p2
+    assert (res2 / "report.md").read_text().count("- **") == 9      # rank 0 wrote the report
+
+
+def test_killed_worker_restarts_without_redoing_work(one_worker, tmp_path):
+    res1, _ = one_worker
+    res, log = run(tmp_path, "fault", 2, fault=3)
+    assert "simulated crash" in log
+    # nothing finished was recomputed: every epoch and every result was computed once
+    for name in {m.group(1) for m in re.finditer(r"(mlp_\w+_s0) epoch 1/1:", log)}:
+        assert log.count(f"{name} epoch 1/1:") == 1, name
+    results = sorted((res / "attacks").glob("*.json"))
+    assert len(re.findall(r" balanced acc [0-9.]+ \(clean", log)) == len(results)
+    assert "up to date, skipped" in log or "done, skipped" in log
+    # and the run's results are those of an uninterrupted run
+    assert outputs(res)[1] == outputs(res1)[1]
