@@ -89,7 +89,7 @@ def pgd_batch(model, x, y, eps, steps, step_size, variant="paper", loss="ce", ge
         raise ValueError(f"unknown PGD variant {variant!r}: choose paper or sign")
     x_adv, fooled = x.clone(), torch.zeros(len(y), dtype=torch.bool, device=x.device)
     idx = torch.arange(len(y), device=x.device)
-    noise = uniform_start(x.shape, eps, generator, x.device)
+    noise = uniform_start(x.shape, eps, generator, x.device).to(x.dtype)
     xa, ya = x, y
     exp_avg, exp_inf = torch.zeros_like(noise), torch.zeros_like(noise)   # Adamax state
     for t in range(steps + 1):

@@ -14,7 +14,7 @@ def pgd_paper_spec_loop(model, x, y, eps, steps=100, step_size=0.01, seed=0):
     `seed`, one (n_correct, 187) draw, in order), so both see the same start per sample."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
     correct = torch.nonzero(predict(model, x) == y).flatten()
-    starts = uniform_start((len(correct), x.shape[1]), eps, gen, x.device)
+    starts = uniform_start((len(correct), x.shape[1]), eps, gen, x.device).to(x.dtype)
     x_adv = x.clone()
     for k, i in enumerate(correct.tolist()):
         xi, yi = x[i:i + 1], y[i:i + 1]

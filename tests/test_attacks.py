@@ -119,6 +119,18 @@ def test_paper_pgd_equals_spec_loop(trained, eps):
         assert (attack_pgd.predict(model, ours) != y).sum() > 0      # the attack did something
 
 
+def test_paper_pgd_equals_spec_loop_cnn_float64(sample_cache):
+    """On the CNN, float32 batched and single-beat convolutions round differently, which can
+    flip the sign of a near-zero gradient component; in float64 the two must agree exactly."""
+    model = random_model("cnn", seed=1).double()
+    sel = torch.from_numpy(balanced_subset(sample_cache["Y_test"].numpy(), 4))
+    x, y = sample_cache["X_test"][sel].double(), sample_cache["Y_test"][sel]
+    ours = attack_pgd.pgd_attack(model, x, y, 0.03, steps=20, seed=2)
+    ref = oracles.pgd_paper_spec_loop(model, x, y, 0.03, 20, 0.01, seed=2)
+    assert torch.equal(ours, ref)
+    assert not torch.equal(ours, x)
+
+
 class FlipModel(torch.nn.Module):
     """Class 0's logit is w * sum(tail): for the first `flip` forwards w = +1 (the ascent pushes
     the zero tail down, below what [0, 1] allows), then w = -1 (it pushes the tail up).
