@@ -20,10 +20,12 @@ Results: one JSON per (checkpoint, attack, eps) in the format of attack_pgd.py (
 """
 import sys
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from attack_common import add_target_args, eps_arg, open_target, parser, predict, run_sweep
+from attack_common import (add_target_args, eps_arg, open_target, parser, predict, run_sweep,
+                           shard_arg)
 from attack_pgd import EPS_LIST
 from models import N_CLASSES, N_SAMPLES, arg_number, tune_malloc
 
@@ -82,6 +84,17 @@ def autoattack(model, x, y, name, eps, steps=STEPS, n_queries=N_QUERIES, seed=SE
     return x_adv
 
 
+def batch_shard(model, x, y, batch_size, i, k):
+    """Shard i of k: the beats of every k-th batch of the clean-correct beats, from the i-th.
+    torchattacks reseeds at every call, so attacking these batches alone gives exactly what
+    the unsplit run gives them (re-batching the shard yields the same batches)."""
+    todo = torch.nonzero(predict(model, x) == y).flatten().cpu().numpy()
+    wrong = np.setdiff1d(np.arange(len(y)), todo)
+    batches = [todo[j:j + batch_size] for j in range(0, len(todo), batch_size)][i::k]
+    mine = np.concatenate(batches) if batches else np.array([], dtype=int)
+    return np.concatenate([mine, wrong[i::k]])       # misclassified beats: untouched anyway
+
+
 def main(argv=None):
     p = parser(__doc__.split("\n")[0])
     add_target_args(p)
@@ -92,7 +105,11 @@ def main(argv=None):
     p.add_argument("--steps", type=num(int, 1), default=STEPS, help="APGD and FAB iterations")
     p.add_argument("--n-queries", type=num(int, 1), default=N_QUERIES, help="Square's queries")
     p.add_argument("--batch-size", type=num(int, 1), default=BATCH_SIZE,
-                   help="beats per call (speed only)")
+                   help="beats per torchattacks call (it reseeds per call: the batches, and so "
+                        "this value, are part of the settings)")
+    p.add_argument("--shard", type=shard_arg, default=None, metavar="I/K",
+                   help="attack the I-th of K parts (whole batches) of the beats; the parts "
+                        "merge into the unsplit result once all are done")
     args = p.parse_args(argv)
     target, rc = open_target(args)
     if rc:
@@ -106,10 +123,17 @@ def main(argv=None):
         tag = f"{name}-" + (f"q{args.n_queries}" if name == "square" else f"s{args.steps}") + subset
         settings_for = lambda eps: {"eps": eps, **budget, "restarts": 1, "seed": args.seed,
                                     "library": f"torchattacks {torchattacks.__version__}",
-                                    "batch_size": args.batch_size}
-        run = lambda eps: autoattack(model, x, y, name, eps, args.steps, args.n_queries,
-                                     args.seed, args.batch_size, progress=True)
-        if run_sweep(target, args.eps, name, tag, settings_for, run, args.out_dir, args.force):
+                                    "batch": args.batch_size}
+        def run(eps, pos, name=name):
+            x_adv = x.clone()
+            p = torch.as_tensor(pos, dtype=torch.long)
+            x_adv[p] = autoattack(model, x[p], y[p], name, eps, args.steps, args.n_queries,
+                                  args.seed, args.batch_size, progress=True)
+            return x_adv
+        shard = args.shard and (*args.shard, lambda i, k: batch_shard(model, x, y,
+                                                                      args.batch_size, i, k))
+        if run_sweep(target, args.eps, name, tag, settings_for, run, args.out_dir, args.force,
+                     shard=shard):
             return 2
     return 0
 

@@ -186,9 +186,12 @@ def summary_line(record):
 
 
 # ----------------------------------------------------------------------------- the sweep
-def sweep(target, eps_list, attack, tag, settings_for, run_attack, out_dir=OUT_DIR, force=False):
-    """For each eps: skip an up-to-date result, else attack (run_attack(eps) -> x_adv) and write
-    its record. settings_for(eps) gives the settings the result must hold. Returns the paths."""
+def sweep(target, eps_list, attack, tag, settings_for, run_attack, out_dir=OUT_DIR, force=False,
+          shard=None):
+    """For each eps: skip an up-to-date result, else attack (run_attack(eps, positions) -> x_adv
+    for those beats of the target) and write its record. settings_for(eps) gives the settings
+    the result must hold. shard = (i, k, positions_of(i, k)): attack only shard i of k and merge
+    the result once every shard is done (shard_result). Returns the result paths."""
     os.makedirs(out_dir, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"{out_dir} is not writable")
@@ -204,14 +207,72 @@ def sweep(target, eps_list, attack, tag, settings_for, run_attack, out_dir=OUT_D
         if why is None:
             print(f"up to date, skipped (--force recomputes): {path}")
             continue
+        if shard is not None and shard[1] > 1:
+            shard_result(target, path, attack, settings, run_attack, eps, shard, force)
+            continue
         if why != "missing":
             print(f"recomputing {path}: {why}")
         t0 = time.perf_counter()
-        x_adv = run_attack(eps)
+        x_adv = run_attack(eps, np.arange(len(target["y"])))
         record = attack_record(target, x_adv, attack, settings, time.perf_counter() - t0)
         write_result(record, path)
         print(summary_line(record))
     return paths
+
+
+def shard_path(path, i, k):
+    folder, base = os.path.split(path)
+    return os.path.join(folder, f".{base}.shard{i}of{k}.pt")      # hidden: never a result
+
+
+def shard_result(target, path, attack, settings, run_attack, eps, shard, force):
+    """Attack shard i of k (its beats: positions_of(i, k)), keep its x_adv in a hidden shard
+    file with its provenance, and once all k shards of this result exist and match, merge them
+    into the one result the unsplit run writes (only the wall time differs: their sum)."""
+    i, k, positions_of = shard
+    key = {"checkpoint_sha256": target["checkpoint_sha256"], "data_sha256": target["data_sha256"],
+           "settings": core_settings(settings), "indices": np.asarray(target["idx"]).tolist()}
+
+    def load(j):
+        try:
+            s = torch.load(shard_path(path, j, k), weights_only=True)
+            return s if s["key"] == key else None
+        except Exception:
+            return None
+    if force or load(i) is None:
+        pos = np.asarray(positions_of(i, k))
+        t0 = time.perf_counter()
+        x_adv = run_attack(eps, pos)[torch.as_tensor(pos, dtype=torch.long)]
+        part = {"key": key, "positions": torch.as_tensor(pos, dtype=torch.long),
+                "x_adv": x_adv.cpu(), "wall_s": time.perf_counter() - t0}
+        atomic_write(shard_path(path, i, k), lambda tmp: torch.save(part, tmp))
+        print(f"shard {i + 1}/{k} of {path}: {len(pos)} beats")
+    parts = [load(j) for j in range(k)]
+    if any(p is None for p in parts):
+        return
+    x_adv = target["x"].clone()
+    for p in parts:
+        x_adv[p["positions"].to(x_adv.device)] = p["x_adv"].to(x_adv.device)
+    record = attack_record(target, x_adv, attack, settings, sum(p["wall_s"] for p in parts))
+    record["shards"] = k
+    write_result(record, path)
+    print(summary_line(record) + f" (merged from {k} shards)")
+    for j in range(k):
+        try:
+            os.remove(shard_path(path, j, k))
+        except OSError:
+            pass
+
+
+def shard_arg(text):
+    """--shard I/K (1 <= I <= K): the I-th of K parts of the beats."""
+    try:
+        i, k = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/K") from None
+    if not 1 <= i <= k:
+        raise argparse.ArgumentTypeError(f"{text}: need 1 <= I <= K")
+    return i - 1, k
 
 
 def run_sweep(*args, **kwargs):

@@ -177,7 +177,7 @@ def main(argv=None):
     if args.noise:
         attack, tag = "noise", "noise" + subset
         settings_for = lambda eps: {"eps": eps, "seed": args.seed}
-        run = lambda eps: noise_attack(model, x, y, eps, seed=args.seed)
+        run = lambda eps, pos: noise_attack(model, x, y, eps, seed=args.seed)
     else:
         attack = f"pgd-{args.variant}"
         tag = (f"pgd-{args.variant}-{args.loss}-s{args.steps}-r{args.restarts}"
@@ -186,9 +186,9 @@ def main(argv=None):
                                     "variant": args.variant, "loss": args.loss,
                                     "restarts": args.restarts, "seed": args.seed,
                                     "batch_size": args.batch_size}
-        run = lambda eps: pgd_attack(model, x, y, eps, args.steps, args.step_size, args.variant,
-                                     args.loss, args.restarts, args.seed, args.batch_size,
-                                     progress=True)
+        run = lambda eps, pos: pgd_attack(model, x, y, eps, args.steps, args.step_size,
+                                          args.variant, args.loss, args.restarts, args.seed,
+                                          args.batch_size, progress=True)
     return run_sweep(target, args.eps or (NOISE_EPS_LIST if args.noise else EPS_LIST), attack, tag,
           settings_for, run, args.out_dir, args.force)
 

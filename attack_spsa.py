@@ -22,10 +22,12 @@ torch.inference_mode, and samples that flip leave the batch.
 """
 import sys
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from attack_common import add_target_args, eps_arg, open_target, parser, predict, run_sweep
+from attack_common import (add_target_args, eps_arg, open_target, parser, predict, run_sweep,
+                           shard_arg)
 from attack_pgd import adamax_ascent_, margin, uniform_start
 from models import arg_number, tune_malloc
 
@@ -135,6 +137,9 @@ def main(argv=None):
                    help="beats attacked together (speed only)")
     p.add_argument("--chunk-rows", type=num(int, 2), default=CHUNK_ROWS,
                    help="model rows per forward (speed only)")
+    p.add_argument("--shard", type=shard_arg, default=None, metavar="I/K",
+                   help="attack the I-th of K parts of the beats; the K parts merge into the "
+                        "unsplit result once all are done")
     args = p.parse_args(argv)
     target, rc = open_target(args, per_class=args.per_class)
     if rc:
@@ -146,10 +151,20 @@ def main(argv=None):
                                 "delta": args.delta, "lr": args.lr, "seed": args.seed,
                                 "per_class": per_class, "batch_size": args.batch_size,
                                 "chunk_rows": args.chunk_rows}
-    run = lambda eps: spsa_attack(target["model"], target["x"], target["y"], eps, args.steps,
-                                  args.n_dirs, args.delta, args.lr, args.seed, target["idx"],
-                                  args.batch_size, args.chunk_rows, progress=True)
-    return run_sweep(target, args.eps, "spsa", tag, settings_for, run, args.out_dir, args.force)
+    x, y, ids = target["x"], target["y"], np.asarray(target["idx"])
+
+    def run(eps, pos):
+        """x_adv for all beats, attacked at `pos` (each beat's own random stream: any split of
+        the beats gives the same x_adv)."""
+        x_adv = x.clone()
+        p = torch.as_tensor(pos, dtype=torch.long)
+        x_adv[p] = spsa_attack(target["model"], x[p], y[p], eps, args.steps, args.n_dirs,
+                               args.delta, args.lr, args.seed, ids[np.asarray(pos)],
+                               args.batch_size, args.chunk_rows, progress=True)
+        return x_adv
+    shard = args.shard and (*args.shard, lambda i, k: np.arange(len(y))[i::k])
+    return run_sweep(target, args.eps, "spsa", tag, settings_for, run, args.out_dir, args.force,
+                     shard=shard)
 
 
 if __name__ == "__main__":

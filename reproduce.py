@@ -70,11 +70,13 @@ PRESETS = {
               "pgd": {"steps": 100, "max_samples": None},
               "pgd_check": {"steps": 20, "sign_restarts": 5, "eps_one": True, "max_samples": 1000},
               "spsa": {"per_class": {"mlp": 162, "cnn": 40}, "steps": 100, "n_dirs": 2048,
-                       "eps": {"mlp": attack_spsa.EPS_LIST, "cnn": [0.03, 0.1]}, "seeds": [0]},
+                       "eps": {"mlp": attack_spsa.EPS_LIST, "cnn": [0.03, 0.1]}, "seeds": [0],
+                       "shards": 4},
               "autoattack": {"attacks": ["apgd-ce", "apgd-t", "fab-t"], "steps": 100,
-                             "max_samples": {"mlp": 1000, "cnn": 500}, "seeds": [0]},
+                             "max_samples": {"mlp": 1000, "cnn": 500}, "seeds": [0],
+                             "shards": 2},
               "square": {"n_queries": 5000, "max_samples": {"mlp": 1000, "cnn": 500},
-                         "eps": None, "seeds": [0]},
+                         "eps": None, "seeds": [0], "shards": 2},
               "noise": {"max_samples": None}},
 }
 
@@ -124,7 +126,15 @@ def attack_tasks(preset, cfg, target):
                                            "--eps", "1.0"]))
     tasks.append((f"noise {name}", attack_pgd.main,
                   target + n(preset["noise"]["max_samples"]) + ["--noise"]))
-    return per_eps(tasks)
+    # SPSA and AutoAttack runs split further into beat shards (merged into one result)
+    shards = {"SPSA": sp.get("shards", 1), "AutoAttack": aa.get("shards", 1),
+              "Square": sq.get("shards", 1)}
+    out = []
+    for label, fn, argv in per_eps(tasks):
+        k = shards.get(label.split()[0], 1)
+        out += [(label, fn, argv)] if k == 1 else [
+            (f"{label} shard {i}/{k}", fn, argv + ["--shard", f"{i}/{k}"]) for i in range(1, k + 1)]
+    return out
 
 
 def per_eps(tasks):

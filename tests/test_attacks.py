@@ -388,3 +388,29 @@ def test_paper_pgd_parity_with_reference(wfdb_dir):
     x_adv = attack_pgd.pgd_attack(t["model"], t["x"], t["y"], 0.03, seed=0)
     m = classification_metrics(t["y"].numpy(), attack_pgd.predict(t["model"], x_adv).numpy())
     assert m["balanced_accuracy"] <= 0.672 + 0.01, m["balanced_accuracy"]
+
+
+@pytest.mark.parametrize("script,extra", [
+    (attack_spsa, ["--steps", "3", "--n-dirs", "16", "--per-class", "6"]),
+    (attack_autoattack, ["--attacks", "apgd-t", "--steps", "4", "--max-samples", "40",
+                         "--batch-size", "7"]),
+])
+def test_shards_merge_to_the_unsplit_result(script, extra, checkpoint, sample_dir, tmp_path,
+                                            capsys):
+    base = ["--checkpoint", checkpoint, "--sample", "--data-dir", sample_dir, "--eps", "0.05",
+            "--device", "cpu", *extra]
+    assert script.main(base + ["--out-dir", str(tmp_path / "whole")]) == 0
+    split = tmp_path / "split"
+    for i in (3, 1):                                  # any order; the last one merges
+        assert script.main(base + ["--out-dir", str(split), "--shard", f"{i}/3"]) == 0
+        assert not list(split.glob("*.json"))         # not before every shard is done
+    assert script.main(base + ["--out-dir", str(split), "--shard", "2/3"]) == 0
+    assert "merged from 3 shards" in capsys.readouterr().out
+    (w,) = (tmp_path / "whole").glob("*.json")
+    (s,) = split.glob("*.json")
+    assert w.name == s.name and os.listdir(split) == [s.name]      # shard files removed
+    a, b = json.loads(w.read_text()), json.loads(s.read_text())
+    for key in ("indices", "labels", "clean_pred", "adv_pred", "max_linf", "adversarial",
+                "n_fooled", "settings", "checkpoint_sha256"):
+        assert a[key] == b[key], key
+    assert a["n_fooled"] > 0
