@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from losses import margin_loss, mse_loss
-from models import atomic_write, build_model, get_device, run_info, set_seed, tune_malloc
+from models import (arg_number, atomic_write, build_model, get_device, run_info, set_seed,
+                    tune_malloc)
 from preprocess import DATA_DIR, balanced_epoch_indices, balanced_subset, load_cache
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
@@ -259,13 +260,16 @@ def bench_attack(args):
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["train", "attack"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-dir", default=DATA_DIR)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("what", choices=["train", "attack"], help="which benchmark")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--data-dir", default=DATA_DIR, help="where preprocess.py put the cache")
     p.add_argument("--no-sample", action="store_true", help="use the full cache, not the sample")
-    p.add_argument("--archs", nargs="+", default=["mlp", "cnn"])
-    p.add_argument("--repeats", type=int, default=REPEATS)
+    p.add_argument("--archs", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"],
+                   help="train: architectures")
+    p.add_argument("--repeats", type=arg_number(int, 1), default=REPEATS,
+                   help="timed repeats (the median is reported)")
     p.add_argument("--checkpoint", default=None, help="attack: a trained CNN checkpoint")
     args = p.parse_args(argv)
     tune_malloc()

@@ -757,8 +757,10 @@ def evaluate(results_dir=RESULTS_DIR):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--results-dir", default=RESULTS_DIR)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--results-dir", default=RESULTS_DIR,
+                   help="holds attacks/ (and checkpoints/); tables, figures, report.md go there")
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.results_dir, "attacks")):
         print(f"error: no attack results in {args.results_dir}/attacks: run attack_pgd.py or "

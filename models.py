@@ -194,9 +194,19 @@ def git_commit():
         return "unknown"
 
 
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")),
+                        "unknown")
+    except OSError:
+        return "unknown"
+
+
 def run_info(device=None):
     """What every result file records beside its settings."""
-    info = {"torch": str(torch.__version__), "git_commit": git_commit()}
+    info = {"torch": str(torch.__version__), "git_commit": git_commit(), "cpu": cpu_model(),
+            "threads": torch.get_num_threads()}
     if device is not None:
         device = torch.device(device)
         info["device"] = (torch.cuda.get_device_name(device) if device.type == "cuda"

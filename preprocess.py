@@ -416,7 +416,8 @@ def classification_metrics(y_true, y_pred):
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default=DATA_DIR, help="where the CSVs and the cache live")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--wfdb", metavar="DIR", help="rebuild the CSVs from raw MIT-BIH records")

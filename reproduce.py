@@ -11,10 +11,12 @@
 quick: the committed real sample unless the Kaggle CSVs are in ecg/ (then the full data, still
 with short epochs); trains CE, MSE+margin, Jacobian, adv 0.1 and NSR for both archs for a few
 short epochs, attacks each with the paper's PGD (fewer steps) on a balanced subset at every eps
-(plus eps 1.0 and standard PGD with restarts for the sanity checks), SPSA on a small balanced
-subset at two eps, white noise; then evaluate.py.
-paper: all 9 models per arch, 50 epochs, PGD-100 on the whole test split, SPSA on the 810 beats,
-white noise at every eps, the sanity-check runs; then evaluate.py.
+(plus eps 1.0 and standard PGD with restarts for the sanity checks), APGD-CE and APGD-T at every
+eps on the same beats, SPSA and Square on small balanced subsets at two eps, white noise; then
+evaluate.py.
+paper: all 9 models per arch, 50 epochs, PGD-100 on the whole test split, white noise at every
+eps, the sanity-check runs (every seed); SPSA on the 810 beats (MLP; CNN: 200 beats at eps 0.03
+and 0.1) and the AutoAttack ensemble (MLP 1,000 beats, CNN 500) on seed 0; then evaluate.py.
 
 Every step is skipped when its output exists (a finished training run, a result JSON), and a
 training run that was killed continues from its last epoch (--resume), so re-running the same
@@ -55,14 +57,14 @@ QUICK_MODELS = [("ce", {}), ("mse_margin", {}), ("jacob", {}), ("adv", {"adv_eps
 # training seeds it runs on ("all" or a list); eps lists default to each script's paper list.
 PRESETS = {
     "quick": {"results": "results", "models": QUICK_MODELS, "epochs": 6,
-              "max_train_samples": 8000,
+              "max_train_samples": 4000,
               "pgd": {"steps": 50, "max_samples": 250},          # 50 beats per class
               "pgd_check": {"steps": 20, "sign_restarts": 2, "eps_one": True},
-              "spsa": {"per_class": 5, "steps": 20, "n_dirs": 256, "eps": [0.03, 0.1],
+              "spsa": {"per_class": 3, "steps": 20, "n_dirs": 128, "eps": [0.03, 0.1],
                        "seeds": "all"},
-              "autoattack": {"attacks": ["apgd-ce", "apgd-t"], "steps": 25, "max_samples": 250,
+              "autoattack": {"attacks": ["apgd-ce", "apgd-t"], "steps": 10, "max_samples": 250,
                              "seeds": "all"},
-              "square": {"n_queries": 1000, "max_samples": 50, "eps": [0.03, 0.1],
+              "square": {"n_queries": 500, "max_samples": 25, "eps": [0.03, 0.1],
                          "seeds": "all"},
               "noise": {"max_samples": 250}},
     "paper": {"results": "results/paper", "models": PAPER_MODELS, "epochs": 50,
@@ -350,7 +352,7 @@ def preset_from_args(args):
     if args.pgd_samples is not None:
         preset["noise"]["max_samples"] = args.pgd_samples
         preset["autoattack"]["max_samples"] = args.pgd_samples
-        preset["square"]["max_samples"] = min(args.pgd_samples, 50)
+        preset["square"]["max_samples"] = min(args.pgd_samples, 25)
     return preset
 
 
