@@ -391,14 +391,14 @@ def test_paper_pgd_parity_with_reference(wfdb_dir):
 
 
 @pytest.mark.parametrize("script,extra", [
-    (attack_spsa, ["--steps", "3", "--n-dirs", "16", "--per-class", "6"]),
-    (attack_autoattack, ["--attacks", "apgd-t", "--steps", "4", "--max-samples", "40",
-                         "--batch-size", "7"]),
+    (attack_spsa, ["--eps", "0.2", "--steps", "8", "--n-dirs", "32", "--per-class", "6"]),
+    (attack_autoattack, ["--eps", "0.05", "--attacks", "apgd-t", "--steps", "4",
+                         "--max-samples", "40", "--batch-size", "7"]),
 ])
 def test_shards_merge_to_the_unsplit_result(script, extra, checkpoint, sample_dir, tmp_path,
                                             capsys):
-    base = ["--checkpoint", checkpoint, "--sample", "--data-dir", sample_dir, "--eps", "0.05",
-            "--device", "cpu", *extra]
+    base = ["--checkpoint", checkpoint, "--sample", "--data-dir", sample_dir, "--device", "cpu",
+            *extra]
     assert script.main(base + ["--out-dir", str(tmp_path / "whole")]) == 0
     split = tmp_path / "split"
     for i in (3, 1):                                  # any order; the last one merges
