@@ -414,3 +414,12 @@ def test_shards_merge_to_the_unsplit_result(script, extra, checkpoint, sample_di
                 "n_fooled", "settings", "checkpoint_sha256"):
         assert a[key] == b[key], key
     assert a["n_fooled"] > 0
+
+
+def test_unwritable_result_folder_exits_2(checkpoint, sample_dir, tmp_path, capsys):
+    """A result folder that cannot be made (under a regular file, which stops root too)."""
+    (tmp_path / "file").write_text("x")
+    assert attack_pgd.main(["--checkpoint", checkpoint, "--sample", "--data-dir", sample_dir,
+                            "--eps", "0.05", "--steps", "2", "--max-samples", "5", "--device",
+                            "cpu", "--out-dir", str(tmp_path / "file" / "attacks")]) == 2
+    assert "cannot write results" in capsys.readouterr().err
