@@ -258,6 +258,9 @@ class Workers:
             for task in tasks:
                 self.step(*task)
             return
+        # every worker built its list from the same files (finished runs are left out) before
+        # any worker starts a task: the lists, and so the counter's indices, agree
+        self.dist.barrier()
         key = f"nsr/attempt{self.attempt}/{phase}"
         while (i := self.store.add(key, 1) - 1) < len(tasks):
             self.step(*tasks[i])
