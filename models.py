@@ -175,8 +175,21 @@ def get_device(name="auto"):
     return torch.device(name)
 
 
+_SHA_CACHE = {}
+
+
 def sha256_file(path):
-    """Hex sha256 of one file (checkpoints, data caches: provenance of every result)."""
+    """Hex sha256 of one file (checkpoints, data caches: provenance of every result). Memoised
+    per (path, size, mtime): reproduce.py hashes the same data cache for every attack task, and
+    every write here replaces a file by rename, which changes its mtime."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = _sha256_uncached(path)
+    return _SHA_CACHE[key]
+
+
+def _sha256_uncached(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
