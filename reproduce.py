@@ -222,6 +222,23 @@ def estimate_attack_minutes(preset, n_test):
     return len(preset["models"]) * (pgd + spsa) / 60
 
 
+RESTART_HELP = """error: torchrun --max-restarts {k} needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in
+the environment. By default torchrun shares its rendezvous store with the workers, and workers it
+restarts read the killed workers' addresses from it: they hang or fail in init_process_group
+(pytorch/pytorch#135712, #167288; seen here with torch 2.13). Run either
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --max-restarts {k} ... reproduce.py ...
+or --max-restarts 0, and start the same command again after a failure (it resumes)."""
+
+
+def check_restart_store():
+    """Refuse torchrun's own restarts on the shared store: they hang (RESTART_HELP)."""
+    k = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    if k != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        if os.environ.get("RANK", "0") == "0":
+            print(RESTART_HELP.format(k=k), file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
 class Workers:
     """This process alone (plain python), or one of torchrun's workers. Under torchrun the
     engine is torch.distributed: a gloo process group (CPU barriers; a CUDA worker uses
@@ -237,6 +254,7 @@ class Workers:
         self.attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         self.done = 0
         if self.world > 1:
+            check_restart_store()
             import datetime
             import torch.distributed as dist
             self.dist = dist
@@ -259,9 +277,11 @@ class Workers:
                 self.step(*task)
             return
         # every worker built its list from the same files (finished runs are left out) before
-        # any worker starts a task: the lists, and so the counter's indices, agree
+        # any worker starts a task: the lists, and so the counter's indices, agree. The store
+        # is new at every start of the workers (check_restart_store), so the key needs no
+        # attempt number (which torchrun counts per node, not globally).
         self.dist.barrier()
-        key = f"nsr/attempt{self.attempt}/{phase}"
+        key = f"nsr/{phase}"
         while (i := self.store.add(key, 1) - 1) < len(tasks):
             self.step(*tasks[i])
         self.dist.barrier()
@@ -403,11 +423,12 @@ def main(argv=None):
         workers.close()
         return 0
 
-    # --- training: one task per (arch, method, seed), longest first
+    # --- training: one task per (arch, method, seed); seed by seed (a finished seed can be
+    # attacked while the next one trains), longest first within a seed
     ckpt_dir = os.path.join(results, "checkpoints")
     cfgs = train_configs(preset, args.archs, args.seeds, device, args.data_dir, sample, ckpt_dir)
     tasks = []
-    for cfg in sorted(cfgs, key=lambda c: -train_estimate_s(c, per_epoch)):
+    for cfg in sorted(cfgs, key=lambda c: (c["seed"], -train_estimate_s(c, per_epoch))):
         if finished(cfg):
             print(f"=== train {cfg['name']}: done, skipped")
             continue

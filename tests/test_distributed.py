@@ -1,9 +1,10 @@
 """reproduce.py under torchrun: 2 CPU workers give the same checkpoints and per-beat predictions
-as 1 worker with the same threads per worker; after a worker is killed mid-run, the same
-command started again finishes the run without redoing finished work."""
+as 1 worker with the same threads per worker; after a worker is killed mid-run, torchrun's own
+restart, or the same command started again, finishes the run without redoing finished work."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ TINY = ["quick", "--device", "cpu", "--archs", "mlp", "--epochs", "1",
 CORES = len(os.sched_getaffinity(0))
 
 
-def run(tmp_path, name, nproc, fault=None, expect=0):
+def command(tmp_path, name, nproc, restarts=0):
     res, data = tmp_path / name, tmp_path / f"{name}_ecg"
     data.mkdir(exist_ok=True)
     args = TINY + ["--results-dir", str(res), "--data-dir", str(data)]
@@ -28,7 +29,12 @@ def run(tmp_path, name, nproc, fault=None, expect=0):
         cmd = [sys.executable, "reproduce.py", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "--max-restarts=0", "reproduce.py", *args]
+               f"--nproc-per-node={nproc}", f"--max-restarts={restarts}", "reproduce.py", *args]
+    return res, cmd, env
+
+
+def run(tmp_path, name, nproc, fault=None, expect=0):
+    res, cmd, env = command(tmp_path, name, nproc)
     if fault is not None:
         env["NSR_FAULT_AFTER_TASKS"] = str(fault)
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -73,11 +79,52 @@ def test_killed_worker_restarts_without_redoing_work(one_worker, tmp_path):
     _, log1 = run(tmp_path, "fault", 2, fault=3, expect=1)
     assert "simulated crash" in log1
     res, log2 = run(tmp_path, "fault", 2)
-    log = log1 + log2
+    assert_each_done_once(log1 + log2, res)
+    assert "done, skipped" in log2 or "up to date, skipped" in log2
+    # and the run's results are those of an uninterrupted run
+    assert outputs(res)[1] == outputs(res1)[1]
+
+
+def assert_each_done_once(log, res):
     for name in {m.group(1) for m in re.finditer(r"(mlp_\w+_s0) epoch 1/1:", log)}:
         assert log.count(f"{name} epoch 1/1:") == 1, name
     results = sorted((res / "attacks").glob("*.json"))
     assert len(re.findall(r" balanced acc [0-9.]+ \(clean", log)) == len(results)
-    assert "done, skipped" in log2 or "up to date, skipped" in log2
-    # and the run's results are those of an uninterrupted run
+
+
+def test_torchrun_restart_after_sigkill(one_worker, tmp_path):
+    """A worker is SIGKILLed mid-task (right after the first model finished, both workers busy);
+    torchrun --max-restarts 1 restarts both, and the run ends with the uninterrupted results,
+    nothing finished computed twice."""
+    res1, _ = one_worker
+    res, cmd, env = command(tmp_path, "restart", 2, restarts=1)
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    lines, killed = [], None
+    for line in p.stdout:
+        lines.append(line)
+        if killed is None and re.search(r"mlp_\w+_s0 epoch 1/1:", line):
+            workers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
+                                     text=True).stdout.split()
+            killed = int(workers[0])
+            os.kill(killed, signal.SIGKILL)
+    assert p.wait(timeout=900) == 0, "".join(lines)[-3000:]
+    log = "".join(lines)
+    assert killed is not None and "exitcode: -9" in log, log[-3000:]     # torchrun saw it
+    assert_each_done_once(log, res)
+    assert "done, skipped" in log
     assert outputs(res)[1] == outputs(res1)[1]
+    assert (res / "report.md").exists()
+
+
+def test_max_restarts_on_the_shared_store_is_refused(monkeypatch, capsys):
+    """torchrun's restarts on its shared store hang (pytorch#135712): say what to set instead."""
+    import reproduce
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_MAX_RESTARTS": "3",
+                 "TORCHELASTIC_USE_AGENT_STORE": "True"}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as e:
+        reproduce.Workers()
+    assert e.value.code == 2
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in capsys.readouterr().err
