@@ -1,8 +1,9 @@
-"""Speed benchmarks; figures go to results/bench/{train,attack}.json and .md.
+"""Speed benchmarks; figures go to results/bench/{train,attack_mlp,attack_cnn}.json and .md.
 
     python bench.py train     # training samples/s per (arch, method); vectorised NSR step vs
                               # the reference's per-class loop (same batch, same run)
-    python bench.py attack    # paper PGD-100 samples/s; batched SPSA vs the per-sample loop
+    python bench.py attack    # per arch: paper PGD-100 samples/s; batched SPSA vs the per-sample
+                              # loop; APGD-CE and forward rates (reproduce.py's plan estimate)
 
 Every figure is the median of several timed repeats after a warm-up. Runs on the committed real
 sample (or --data-dir/--no-sample for the full cache).
@@ -172,19 +173,29 @@ def bench_train(args):
 
 # ----------------------------------------------------------------------------- attack
 def bench_attack(args):
-    import attack_pgd
-    import attack_spsa
+    """One benchmark per arch: results/bench/attack_{arch}.json and .md."""
     from models import load_checkpoint
     device = get_device(args.device)
     data = load_cache(args.data_dir, not args.no_sample)
+    archs = args.archs
     if args.checkpoint:
-        model, _ = load_checkpoint(args.checkpoint, device, arch="cnn")
-        source = args.checkpoint
-    else:
-        model = pretrained("cnn", data["X_train"].to(device), data["Y_train"].to(device), device,
-                           steps=600)
-        source = "CNN trained 600 CE steps on the committed sample (inside bench.py)"
-    model.eval()
+        model, cfg = load_checkpoint(args.checkpoint, device)
+        archs = [cfg["arch"]]
+    for arch in archs:
+        if args.checkpoint:
+            source = args.checkpoint
+        else:
+            model = pretrained(arch, data["X_train"].to(device), data["Y_train"].to(device),
+                               device, steps=600)
+            source = (f"{arch.upper()} trained 600 CE steps on the committed sample (inside "
+                      "bench.py)")
+        bench_attack_arch(args, arch, model.eval(), source, data, device)
+
+
+def bench_attack_arch(args, arch, model, source, data, device):
+    import attack_autoattack
+    import attack_pgd
+    import attack_spsa
     y_all = data["Y_test"]
     sel = torch.from_numpy(balanced_subset(y_all.numpy(), PGD_SAMPLES // 5))
     x, y = data["X_test"][sel].to(device), y_all[sel].to(device)
@@ -212,13 +223,21 @@ def bench_attack(args):
                      "speedup": t_naive / t_ours, "same_output": same,
                      "same_predictions": same_pred, "fooled_fraction": fooled}
     print(f"PGD-100: ours {len(yc) / t_ours:.0f} samples/s, naive {len(yc) / t_naive:.0f} samples/s")
-    # APGD-CE (torchattacks, 100 steps, one restart): seconds per attacked beat
-    import attack_autoattack
-    t_apgd, _ = median_time(lambda: attack_autoattack.autoattack(model, xc, yc, "apgd-ce", eps),
-                            args.repeats)
+    # the AutoAttack components (torchattacks, 100 steps, one restart): seconds per attacked beat
+    record["autoattack"] = {}
+    for name in ("apgd-ce", "apgd-t", "fab-t"):
+        t, _ = median_time(lambda: attack_autoattack.autoattack(model, xc, yc, name, eps),
+                           args.repeats if name == "apgd-ce" else max(1, args.repeats // 2))
+        record["autoattack"][name] = t / len(yc)
+        print(f"{name}: {t / len(yc) * 1e3:.1f} ms per beat")
     record["apgd_ce"] = {"eps": eps, "samples": len(yc), "steps": attack_autoattack.STEPS,
-                         "s_per_beat": t_apgd / len(yc), "samples_per_s": len(yc) / t_apgd}
-    print(f"APGD-CE: {t_apgd / len(yc) * 1e3:.1f} ms per beat")
+                         "s_per_beat": record["autoattack"]["apgd-ce"],
+                         "samples_per_s": 1 / record["autoattack"]["apgd-ce"]}
+    # inference forwards (what Square's queries cost), in SPSA's chunks
+    rows = x[:1].repeat(attack_spsa.CHUNK_ROWS[arch], 1, 1)
+    with torch.inference_mode():
+        t_fwd, _ = median_time(lambda: [model(rows) for _ in range(20)], args.repeats)
+    record["forward"] = {"rows": len(rows), "rows_per_s": 20 * len(rows) / t_fwd}
     # SPSA: batched vs per-sample loop on the same samples and seeds (eps 0.01: few flip, so
     # both do nearly every iteration; they do the same work either way)
     sidx = torch.nonzero(correct).flatten()[:SPSA_SAMPLES]
@@ -233,12 +252,12 @@ def bench_attack(args):
     record["spsa"] = {"samples": len(ys), "iters": SPSA_ITERS, "n_dirs": 2048,
                       "batched_s_per_iter_sample": per(t_b), "loop_s_per_iter_sample": per(t_l),
                       "speedup": t_l / t_b, "same_output": same,
-                      "batch_size": attack_spsa.BATCH_SIZE, "chunk_rows": attack_spsa.CHUNK_ROWS}
+                      "batch_size": attack_spsa.BATCH_SIZE, "chunk_rows": attack_spsa.CHUNK_ROWS[arch]}
     print(f"SPSA: batched {per(t_b) * 1e3:.0f} ms, loop {per(t_l) * 1e3:.0f} ms per iteration "
           f"per sample -> {t_l / t_b:.2f}x")
     p, s = record["pgd"], record["spsa"]
     table = "\n".join([
-        "# Attack speed (CNN)", "",
+        f"# Attack speed ({arch.upper()})", "",
         f"{record['device']}, torch {record['torch']}, {torch.get_num_threads()} threads; model: "
         f"{source}; medians of {args.repeats} repeats.", "",
         "| attack | ours | straightforward | speedup | same output |", "|---|---:|---:|---:|---|",
@@ -248,14 +267,16 @@ def bench_attack(args):
         f"{s['batched_s_per_iter_sample'] * 1e3:.0f} ms / iter / sample | "
         f"{s['loop_s_per_iter_sample'] * 1e3:.0f} ms / iter / sample | {s['speedup']:.2f}x | "
         f"{s['same_output']} |",
-        f"| APGD-CE (torchattacks), 100 steps, eps {eps}, {record['apgd_ce']['samples']} beats | "
-        f"{record['apgd_ce']['s_per_beat'] * 1e3:.1f} ms / beat | - | - | - |", "",
+        *[f"| {name} (torchattacks), 100 steps, eps {eps}, {p['samples']} beats | "
+          f"{t * 1e3:.1f} ms / beat | - | - | - |" for name, t in record["autoattack"].items()],
+        f"| forward, {record['forward']['rows']} rows, inference | "
+        f"{record['forward']['rows_per_s']:.0f} rows/s | - | - | - |", "",
         f"PGD-100 fooled {p['fooled_fraction']:.0%} of the attacked beats at eps {eps}. "
         "Straightforward PGD: METHOD.md 5's loop one beat at a time with torch.optim.Adamax "
         "(tests/oracles.py); ours: 1,024 beats at a time, fooled beats leave the batch. Straightforward SPSA: one beat at a time, its "
         "2 x 2048 evaluations in one forward (the reference's shape), under no_grad; ours: "
         f"{s['batch_size']} beats at a time, {s['chunk_rows']}-row forwards, inference_mode.", ""])
-    write("attack", record, table)
+    write(f"attack_{arch}", record, table)
 
 
 # ----------------------------------------------------------------------------- main
@@ -267,10 +288,11 @@ def main(argv=None):
     p.add_argument("--data-dir", default=DATA_DIR, help="where preprocess.py put the cache")
     p.add_argument("--no-sample", action="store_true", help="use the full cache, not the sample")
     p.add_argument("--archs", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"],
-                   help="train: architectures")
+                   help="architectures")
     p.add_argument("--repeats", type=arg_number(int, 1), default=REPEATS,
                    help="timed repeats (the median is reported)")
-    p.add_argument("--checkpoint", default=None, help="attack: a trained CNN checkpoint")
+    p.add_argument("--checkpoint", default=None,
+                   help="attack: a trained checkpoint instead of the model bench.py trains")
     args = p.parse_args(argv)
     tune_malloc()
     if args.what == "train":

@@ -100,6 +100,11 @@ class MLP(KernelNormMixin, nn.Module):
         return self.out(self.fc4(x))
 
 
+def model_arch(model):
+    """"mlp" or "cnn": the arch of a built model."""
+    return "mlp" if isinstance(model, MLP) else "cnn"
+
+
 class ResBlock(nn.Module):
     """conv-ReLU-conv, add the input, ReLU, MaxPool(5, stride 2) (Kachuee 2018, Fig. 2)."""
 

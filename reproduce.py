@@ -43,7 +43,7 @@ from models import arg_number, get_device, tune_malloc
 BENCH_TRAIN = "results/bench/train.json"
 DEFAULT_EPS = {"attack_pgd": attack_pgd.EPS_LIST, "attack_pgd-noise": attack_pgd.NOISE_EPS_LIST,
                "attack_spsa": attack_spsa.EPS_LIST, "attack_autoattack": attack_autoattack.EPS_LIST}
-BENCH_ATTACK = "results/bench/attack.json"
+BENCH_ATTACK = "results/bench/attack_{arch}.json"
 
 # (method, settings that differ from the paper's) of each model; train_baseline.make_config
 # builds the rest, and its name and flags come from that config.
@@ -87,9 +87,22 @@ def per_arch(value, arch):
     return value[arch] if isinstance(value, dict) else value
 
 
-def attack_tasks(preset, cfg, target):
+ATTACK_KINDS = ["pgd", "noise", "checks", "autoattack", "square", "spsa"]
+
+
+def attack_kind(label):
+    """The --attacks kind of a task label (the sanity-check runs are "checks")."""
+    first = label.split()[0]
+    kinds = {"PGD": "pgd", "SPSA": "spsa", "AutoAttack": "autoattack", "Square": "square",
+             "noise": "noise"}
+    return "checks" if label.startswith(("PGD on the check", "PGD fewer", "PGD eps 1")) \
+        else kinds.get(first, "checks")
+
+
+def attack_tasks(preset, cfg, target, kinds=ATTACK_KINDS):
     """The attack runs of one trained model: [(label, script main, argv)], biggest first.
-    `target`: the flags naming its checkpoint, data, device and result folder."""
+    `target`: the flags naming its checkpoint, data, device and result folder; `kinds`: which
+    of ATTACK_KINDS to run."""
     arch, seed, name = cfg["arch"], cfg["seed"], cfg["name"]
     pgd, chk, sp = preset["pgd"], preset["pgd_check"], preset["spsa"]
     aa, sq = preset["autoattack"], preset["square"]
@@ -132,7 +145,7 @@ def attack_tasks(preset, cfg, target):
     shards = {"SPSA": sp.get("shards", 1), "AutoAttack": aa.get("shards", 1),
               "Square": sq.get("shards", 1)}
     out = []
-    for label, fn, argv in per_eps(tasks):
+    for label, fn, argv in per_eps([t for t in tasks if attack_kind(t[0]) in kinds]):
         k = shards.get(label.split()[0], 1)
         out += [(label, fn, argv)] if k == 1 else [
             (f"{label} shard {i}/{k}", fn, argv + ["--shard", f"{i}/{k}"]) for i in range(1, k + 1)]
@@ -206,20 +219,47 @@ def estimate_minutes(preset, per_epoch, archs, n_seeds=1):
     return train_s / 60
 
 
-def estimate_attack_minutes(preset, n_test):
-    """Upper bound for the CNNs (no early stop) from results/bench/attack.json; MLPs are ~10x
-    cheaper. PGD: every eps on its beats; SPSA: per beat and iteration."""
-    pgd_sps, spsa_s = 130.0, 0.13
-    if os.path.exists(BENCH_ATTACK):
-        with open(BENCH_ATTACK) as f:
+# attack rates on a 2-core CPU (bench.py attack) when results/bench/attack_{arch}.json is absent:
+# paper PGD-100 beats/s, SPSA s per iteration and beat, seconds per beat of each AutoAttack
+# component (100 steps), inference forward rows/s (Square's queries)
+DEFAULT_ATTACK_RATES = {
+    "cnn": {"pgd": 53.0, "spsa": 0.377, "forward": 7.0e3,
+            "autoattack": {"apgd-ce": 0.033, "apgd-t": 0.095, "fab-t": 0.21}},
+    "mlp": {"pgd": 849.0, "spsa": 0.009, "forward": 7.5e5,
+            "autoattack": {"apgd-ce": 0.0018, "apgd-t": 0.0088, "fab-t": 0.022}}}
+
+
+def attack_rates(arch):
+    rates = json.loads(json.dumps(DEFAULT_ATTACK_RATES[arch]))
+    path = BENCH_ATTACK.format(arch=arch)
+    if os.path.exists(path):
+        with open(path) as f:
             b = json.load(f)
-        pgd_sps, spsa_s = b["pgd"]["ours_samples_per_s"], b["spsa"]["batched_s_per_iter_sample"]
-    n_pgd = preset["pgd"]["max_samples"] or n_test
-    pgd = len(attack_pgd.EPS_LIST) * n_pgd * preset["pgd"]["steps"] / 100 / pgd_sps
-    sp = preset["spsa"]
-    spsa = (len(per_arch(sp["eps"], "cnn") or attack_spsa.EPS_LIST) * 5
-            * per_arch(sp["per_class"], "cnn") * sp["steps"] * spsa_s * sp["n_dirs"] / 2048)
-    return len(preset["models"]) * (pgd + spsa) / 60
+        rates["pgd"] = b["pgd"]["ours_samples_per_s"]
+        rates["spsa"] = b["spsa"]["batched_s_per_iter_sample"]
+        rates["forward"] = b.get("forward", {}).get("rows_per_s", rates["forward"])
+        rates["autoattack"].update(b.get("autoattack", {}))
+    return rates
+
+
+def estimate_attack_minutes(preset, n_test, arch, seeds):
+    """An upper bound (no beat leaves early) for the attacks of one arch over `seeds`, for one
+    worker on a 2-core CPU, from results/bench/attack_{arch}.json. Returns {attack: minutes}."""
+    r = attack_rates(arch)
+    runs = lambda part: len(seeds) if part.get("seeds", "all") == "all" else \
+        len([s for s in seeds if s in part["seeds"]])
+    beats = lambda v: per_arch(v, arch) or n_test
+    pgd, sp, aa, sq = (preset[k] for k in ("pgd", "spsa", "autoattack", "square"))
+    seconds = {
+        "PGD": len(seeds) * len(attack_pgd.EPS_LIST) * beats(pgd["max_samples"])
+        * pgd["steps"] / 100 / r["pgd"],
+        "SPSA": runs(sp) * len(per_arch(sp["eps"], arch) or attack_spsa.EPS_LIST)
+        * 5 * per_arch(sp["per_class"], arch) * sp["steps"] * r["spsa"] * sp["n_dirs"] / 2048,
+        "AutoAttack": runs(aa) * len(attack_autoattack.EPS_LIST) * beats(aa["max_samples"])
+        * aa["steps"] / 100 * sum(r["autoattack"][a] for a in aa["attacks"]),
+        "Square": runs(sq) * len(per_arch(sq["eps"], arch) or attack_autoattack.EPS_LIST)
+        * beats(sq["max_samples"]) * sq["n_queries"] / r["forward"]}
+    return {k: len(preset["models"]) * v / 60 for k, v in seconds.items()}
 
 
 RESTART_HELP = """error: torchrun --max-restarts {k} needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in
@@ -347,6 +387,9 @@ def build_parser():
                    help="training seeds (the attack seed stays fixed)")
     p.add_argument("--phases", nargs="+", choices=["train", "attack", "evaluate"],
                    default=["train", "attack", "evaluate"], help="which phases to run")
+    p.add_argument("--attacks", nargs="+", choices=ATTACK_KINDS, default=ATTACK_KINDS,
+                   help="which attack runs (e.g. pgd noise checks first: the main tables, "
+                        "cheap; the tasks of a phase go dearest first)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
     # overrides of the preset (the tests use tiny values); default: the preset's
     positive = arg_number(int, 1)
@@ -381,12 +424,19 @@ def preset_from_args(args):
 
 def print_plan(preset, args, workers, per_epoch, n_test, device, results):
     hours = lambda m: f"{m / 60:.1f} h" if m >= 60 else f"{m:.0f} min"
-    est = estimate_minutes(preset, per_epoch, args.archs, len(args.seeds))
+    train = {arch: estimate_minutes(preset, per_epoch, [arch], len(args.seeds))
+             for arch in args.archs}
+    attacks = {arch: estimate_attack_minutes(preset, n_test, arch, args.seeds)
+               for arch in args.archs}
+    total = sum(train.values()) + sum(sum(a.values()) for a in attacks.values())
     print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs x "
           f"{len(args.seeds)} seeds, {preset['epochs']} epochs of {per_epoch} samples, on "
-          f"{workers.world} worker(s). Estimated for one worker on a 2-core CPU (from "
-          f"results/bench): training {hours(est)}, attacks on the CNNs at most "
-          f"{hours(estimate_attack_minutes(preset, n_test))} (less: fooled beats stop early)"
+          f"{workers.world} worker(s). Estimated for one worker on a 2-core CPU from "
+          f"results/bench (attacks: upper bounds, fooled beats stop early):")
+    for arch in args.archs:
+        print(f"  {arch}: training {hours(train[arch])}; "
+              + ", ".join(f"{k} {hours(v)}" for k, v in attacks[arch].items()))
+    print(f"  total at most {hours(total)}"
           + ("; a GPU should be many times faster (not measured here)"
              if get_device(device).type != "cpu" else "")
           + f". Results under {results}/.")
@@ -444,7 +494,7 @@ def main(argv=None):
     for cfg in cfgs:
         target = ["--checkpoint", train_baseline.checkpoint_paths(cfg)[1], "--device",
                   device, "--out-dir", attack_dir, *data_flags]
-        tasks += attack_tasks(preset, cfg, target)
+        tasks += attack_tasks(preset, cfg, target, args.attacks)
     if "attack" in args.phases:
         workers.run("attack", sorted(tasks, key=lambda t: -attack_estimate(t)))
 

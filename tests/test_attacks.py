@@ -197,13 +197,14 @@ def test_spsa_gradient_estimate_on_linear_model():
     assert F.cosine_similarity(est, true[0], dim=0) > 0.9
 
 
-def test_batched_spsa_equals_per_sample_loop(trained):
+@pytest.mark.parametrize("chunk_rows", [64, None])      # None: the arch's default
+def test_batched_spsa_equals_per_sample_loop(trained, chunk_rows):
     model, x, y = trained
     x, y = x[::3], y[::3]
     ids = np.arange(len(y)) * 7 + 11
     for eps in (0.03, 0.1):
         ours = attack_spsa.spsa_attack(model, x, y, eps, steps=10, n_dirs=128, seed=1,
-                                       sample_ids=ids, batch_size=8, chunk_rows=64)
+                                       sample_ids=ids, batch_size=8, chunk_rows=chunk_rows)
         ref = oracles.spsa_per_sample_loop(model, x, y, eps, steps=10, n_dirs=128, seed=1,
                                                sample_ids=ids)
         assert torch.allclose(ours, ref, atol=1e-6, rtol=0), eps
