@@ -212,11 +212,32 @@ def throughputs():
     return sps
 
 
-def estimate_minutes(preset, per_epoch, archs, n_seeds=1):
-    sps = throughputs()
-    train_s = n_seeds * sum(preset["epochs"] * per_epoch / sps[(arch, method)]
-                            for arch in archs for method, _ in preset["models"])
-    return train_s / 60
+def measured_epoch_s(cfg):
+    """The median epoch time cfg's own last checkpoint measured; None before it starts."""
+    last = train_baseline.checkpoint_paths(cfg)[0]
+    try:
+        history = torch.load(last, map_location="cpu", weights_only=True)["history"]
+        return float(np.median([e["seconds"] for e in history])), len(history)
+    except Exception:
+        return None
+
+
+def train_left_minutes(cfgs, per_epoch):
+    """Training left: started runs from their own measured epochs; the others from the bench,
+    scaled by how much slower than the bench the started runs of that arch were here."""
+    left, ratios, todo = 0.0, {}, []
+    for cfg in cfgs:
+        m = measured_epoch_s(cfg)
+        if m is None:
+            todo.append(cfg)
+            continue
+        epoch_s, done = m
+        left += max(0, cfg["epochs"] - done) * epoch_s
+        bench_epoch_s = train_estimate_s(cfg, per_epoch) / cfg["epochs"]
+        ratios.setdefault(cfg["arch"], []).append(epoch_s / bench_epoch_s)
+    for cfg in todo:
+        left += train_estimate_s(cfg, per_epoch) * float(np.median(ratios.get(cfg["arch"], [1])))
+    return left / 60
 
 
 # attack rates on a 2-core CPU (bench.py attack) when results/bench/attack_{arch}.json is absent:
@@ -385,6 +406,9 @@ def build_parser():
                    help="architectures")
     p.add_argument("--seeds", type=arg_number(int, 0), nargs="+", default=[0],
                    help="training seeds (the attack seed stays fixed)")
+    p.add_argument("--methods", nargs="+", choices=sorted({m for m, _ in PAPER_MODELS}),
+                   default=None, help="only these methods of the preset (adv: every adv eps); "
+                                      "e.g. the CNN's ce nsr on a CPU")
     p.add_argument("--phases", nargs="+", choices=["train", "attack", "evaluate"],
                    default=["train", "attack", "evaluate"], help="which phases to run")
     p.add_argument("--attacks", nargs="+", choices=ATTACK_KINDS, default=ATTACK_KINDS,
@@ -397,6 +421,8 @@ def build_parser():
                        ("--pgd-steps", "paper PGD steps"),
                        ("--pgd-samples", "beats for PGD, noise and AutoAttack"),
                        ("--spsa-steps", "SPSA iterations"), ("--spsa-dirs", "SPSA directions"),
+                       ("--spsa-per-class", "SPSA beats per class"),
+                       ("--aa-samples", "beats for AutoAttack and Square"),
                        ("--aa-steps", "APGD/FAB iterations"), ("--square-queries", "Square queries")):
         p.add_argument(flag, type=positive, default=None, help=what)
     return p
@@ -405,12 +431,15 @@ def build_parser():
 OVERRIDES = {"epochs": (None, "epochs"), "max_train_samples": (None, "max_train_samples"),
              "pgd_steps": ("pgd", "steps"), "pgd_samples": ("pgd", "max_samples"),
              "spsa_steps": ("spsa", "steps"), "spsa_dirs": ("spsa", "n_dirs"),
+             "spsa_per_class": ("spsa", "per_class"),
              "aa_steps": ("autoattack", "steps"), "square_queries": ("square", "n_queries")}
 
 
 def preset_from_args(args):
     """The preset with the command line's overrides applied."""
     preset = json.loads(json.dumps(PRESETS[args.preset]))
+    if args.methods:
+        preset["models"] = [m for m in preset["models"] if m[0] in args.methods]
     for key, (section, field) in OVERRIDES.items():
         v = getattr(args, key)
         if v is not None:
@@ -419,12 +448,14 @@ def preset_from_args(args):
         preset["noise"]["max_samples"] = args.pgd_samples
         preset["autoattack"]["max_samples"] = args.pgd_samples
         preset["square"]["max_samples"] = min(args.pgd_samples, 25)
+    if args.aa_samples is not None:
+        preset["autoattack"]["max_samples"] = preset["square"]["max_samples"] = args.aa_samples
     return preset
 
 
-def print_plan(preset, args, workers, per_epoch, n_test, device, results):
+def print_plan(preset, args, cfgs, workers, per_epoch, n_test, device, results):
     hours = lambda m: f"{m / 60:.1f} h" if m >= 60 else f"{m:.0f} min"
-    train = {arch: estimate_minutes(preset, per_epoch, [arch], len(args.seeds))
+    train = {arch: train_left_minutes([c for c in cfgs if c["arch"] == arch], per_epoch)
              for arch in args.archs}
     attacks = {arch: estimate_attack_minutes(preset, n_test, arch, args.seeds)
                for arch in args.archs}
@@ -432,9 +463,10 @@ def print_plan(preset, args, workers, per_epoch, n_test, device, results):
     print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs x "
           f"{len(args.seeds)} seeds, {preset['epochs']} epochs of {per_epoch} samples, on "
           f"{workers.world} worker(s). Estimated for one worker on a 2-core CPU from "
-          f"results/bench (attacks: upper bounds, fooled beats stop early):")
+          f"results/bench, training calibrated by the epochs its started runs measured here "
+          f"(attacks: upper bounds, fooled beats stop early):")
     for arch in args.archs:
-        print(f"  {arch}: training {hours(train[arch])}; "
+        print(f"  {arch}: training left {hours(train[arch])}; "
               + ", ".join(f"{k} {hours(v)}" for k, v in attacks[arch].items()))
     print(f"  total at most {hours(total)}"
           + ("; a GPU should be many times faster (not measured here)"
@@ -467,16 +499,16 @@ def main(argv=None):
     cache = preprocess.load_cache(args.data_dir, sample)
     n_train = 5 * int(np.bincount(cache["Y_train"].numpy()).max())   # one balanced epoch
     per_epoch = min(preset["max_train_samples"] or n_train, n_train)
+    ckpt_dir = os.path.join(results, "checkpoints")
+    cfgs = train_configs(preset, args.archs, args.seeds, device, args.data_dir, sample, ckpt_dir)
     if workers.rank == 0:
-        print_plan(preset, args, workers, per_epoch, len(cache["Y_test"]), device, results)
+        print_plan(preset, args, cfgs, workers, per_epoch, len(cache["Y_test"]), device, results)
     if args.dry_run:
         workers.close()
         return 0
 
     # --- training: one task per (arch, method, seed); seed by seed (a finished seed can be
     # attacked while the next one trains), longest first within a seed
-    ckpt_dir = os.path.join(results, "checkpoints")
-    cfgs = train_configs(preset, args.archs, args.seeds, device, args.data_dir, sample, ckpt_dir)
     tasks = []
     for cfg in sorted(cfgs, key=lambda c: (c["seed"], -train_estimate_s(c, per_epoch))):
         if finished(cfg):

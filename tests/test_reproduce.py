@@ -39,3 +39,44 @@ def test_plan_estimate_grows_with_the_work():
     assert three["PGD"] == pytest.approx(3 * one["PGD"]) and three["SPSA"] == one["SPSA"]   # SPSA: seed 0
     cnn = reproduce.estimate_attack_minutes(preset, 21890, "cnn", [0])
     assert cnn["PGD"] > one["PGD"]                     # the CNN attacks are dearer per beat
+
+
+def test_methods_pick_models_of_the_preset():
+    args = reproduce.build_parser().parse_args(["paper", "--methods", "ce", "nsr", "adv"])
+    preset = reproduce.preset_from_args(args)
+    assert [m for m, _ in preset["models"]] == ["ce", "adv", "adv", "adv", "nsr"]
+    cfgs = reproduce.train_configs(preset, ["cnn"], [0], "cpu", "ecg", False, "ckpt")
+    assert [c["name"] for c in cfgs] == ["cnn_ce_s0", "cnn_adv_0.1_s0", "cnn_adv_0.2_s0",
+                                         "cnn_adv_0.3_s0", "cnn_nsr_0.3_s0"]
+    assert len(reproduce.PRESETS["paper"]["models"]) == 9          # the preset itself unchanged
+
+
+def test_cpu_shrink_flags_and_their_estimate():
+    """The CNN's SPSA and AutoAttack subsets shrink by flag; the plan estimate follows."""
+    p = reproduce.build_parser()
+    full = reproduce.preset_from_args(p.parse_args(["paper"]))
+    small = reproduce.preset_from_args(p.parse_args(["paper", "--spsa-per-class", "10",
+                                                     "--aa-samples", "200"]))
+    assert small["spsa"]["per_class"] == 10 and small["autoattack"]["max_samples"] == 200
+    assert small["square"]["max_samples"] == 200
+    big = reproduce.estimate_attack_minutes(full, 21890, "cnn", [0])
+    less = reproduce.estimate_attack_minutes(small, 21890, "cnn", [0])
+    assert less["SPSA"] == pytest.approx(big["SPSA"] * 10 / 40)
+    assert less["AutoAttack"] == pytest.approx(big["AutoAttack"] * 200 / 500)
+    assert less["PGD"] == big["PGD"]
+
+
+def test_training_left_is_calibrated_by_measured_epochs(tmp_path):
+    """A started run counts its own epochs left at its measured pace; a run not started counts
+    the bench estimate scaled by how much slower the started runs were than the bench."""
+    import torch
+    cfgs = [train_baseline.make_config("mlp", m, epochs=50, out_dir=str(tmp_path))
+            for m in ("ce", "nsr")]
+    per_epoch = 290030
+    bench_ce = reproduce.train_estimate_s(cfgs[0], per_epoch) / 50
+    last = train_baseline.checkpoint_paths(cfgs[0])[0]
+    history = [{"epoch": e, "seconds": 3 * bench_ce} for e in range(10)]    # 3x the bench
+    torch.save({"history": history, "epoch": 9}, last)
+    left = reproduce.train_left_minutes(cfgs, per_epoch) * 60
+    want = 40 * 3 * bench_ce + 3 * reproduce.train_estimate_s(cfgs[1], per_epoch)
+    assert left == pytest.approx(want)
