@@ -524,6 +524,10 @@ def main(argv=None):
     attack_dir = os.path.join(results, "attacks")
     tasks = []
     for cfg in cfgs:
+        if "train" not in args.phases and not finished(cfg):
+            # e.g. attacking seed 0 while another command still trains it: a later run does it
+            print(f"=== attacks on {cfg['name']}: its training has not finished, skipped")
+            continue
         target = ["--checkpoint", train_baseline.checkpoint_paths(cfg)[1], "--device",
                   device, "--out-dir", attack_dir, *data_flags]
         tasks += attack_tasks(preset, cfg, target, args.attacks)

@@ -80,3 +80,21 @@ def test_training_left_is_calibrated_by_measured_epochs(tmp_path):
     left = reproduce.train_left_minutes(cfgs, per_epoch) * 60
     want = 40 * 3 * bench_ce + 3 * reproduce.train_estimate_s(cfgs[1], per_epoch)
     assert left == pytest.approx(want)
+
+
+def test_attack_phase_skips_models_still_training(tmp_path, capsys):
+    """--phases attack on a seed whose training is unfinished attacks the finished models only
+    (another command may still be training the rest)."""
+    data, res = tmp_path / "ecg", tmp_path / "results"
+    data.mkdir()
+    tiny = ["quick", "--device", "cpu", "--archs", "mlp", "--data-dir", str(data),
+            "--results-dir", str(res), "--epochs", "1", "--max-train-samples", "128",
+            "--pgd-steps", "2", "--pgd-samples", "10"]
+    assert reproduce.main(tiny + ["--methods", "ce", "--phases", "train"]) == 0
+    assert reproduce.main(tiny + ["--methods", "ce", "nsr", "--phases", "attack",
+                                  "--attacks", "pgd"]) == 0
+    out = capsys.readouterr().out
+    assert "attacks on mlp_nsr_0.4_n128_s0: its training has not finished, skipped" in out
+    made = sorted(p.name for p in (res / "attacks").glob("*.json"))
+    assert made and all(n.startswith("mlp_ce_n128_s0__pgd") for n in made)
+    assert len(made) == 6                                   # the paper's 6 PGD eps
