@@ -673,7 +673,10 @@ def training_section(histories):
              "| last val bal. acc | train time (s) |", "|---|---:|---:|---:|---:|---:|"]
     for h in sorted(histories, key=lambda h: (h["arch"], row_key(h["config"], h["arch"])[0],
                                               h["model"])):
-        lines.append(f"| {h['model']} | {h['epochs']} | {h['samples_per_epoch']} | "
+        planned = h["config"].get("epochs", h["epochs"])
+        epochs = h["epochs"] if h["epochs"] >= planned else \
+            f"{h['epochs']} of {planned} (training)"
+        lines.append(f"| {h['model']} | {epochs} | {h['samples_per_epoch']} | "
                      f"{h['best_val_bacc']:.3f} ({h['best_epoch']}) | {h['last_val_bacc']:.3f}"
                      f" | {h['train_s']:.0f} |")
     return lines + [""]

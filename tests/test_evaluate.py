@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import evaluate
 import reproduce
@@ -250,3 +251,17 @@ def test_three_seeds_mean_std_and_paired_intervals(tmp_path):
     assert cells[4] == f"+0.017 [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
     png = tmp_path / "figures" / "pgd_cnn.png"
     assert png.stat().st_size > 10_000
+
+
+def test_training_table_marks_runs_still_training(tmp_path):
+    """A run whose last checkpoint has fewer epochs than its config is shown as in training."""
+    import train_baseline
+    for epochs_done, method in ((50, "ce"), (10, "nsr")):
+        cfg = train_baseline.make_config("mlp", method, epochs=50)
+        h = [{"epoch": e, "val_balanced_accuracy": 0.5 + e / 100, "samples": 100, "seconds": 1.0}
+             for e in range(epochs_done)]
+        torch.save({"arch": "mlp", "config": cfg, "history": h},
+                   tmp_path / f"{cfg['name']}.pt")
+    lines = "\n".join(evaluate.training_section(evaluate.load_histories(str(tmp_path))))
+    assert "| mlp_ce_s0 | 50 |" in lines
+    assert "| mlp_nsr_0.4_s0 | 10 of 50 (training) |" in lines
