@@ -265,3 +265,17 @@ def test_training_table_marks_runs_still_training(tmp_path):
     lines = "\n".join(evaluate.training_section(evaluate.load_histories(str(tmp_path))))
     assert "| mlp_ce_s0 | 50 |" in lines
     assert "| mlp_nsr_0.4_s0 | 10 of 50 (training) |" in lines
+
+
+def test_worst_case_lies_on_the_beats_autoattack_attacked(tmp_path):
+    """PGD covers 40 beats, AutoAttack 20 of them: the worst case is computed on those 20 (on
+    all 40, the 20 beats AutoAttack never saw would count as robust to it)."""
+    a = tmp_path / "attacks"
+    pgd = result("cnn_ce", "ce", "pgd-paper", 0.03, 36, n=40)      # fools beats 36..39
+    write(a, "cnn_ce__pgd__eps0.03.json", pgd)
+    aa = result("cnn_ce", "ce", "apgd-ce", 0.03, 10, n=20, settings=AA_SETTINGS)   # beats 0..19
+    write(a, "cnn_ce__apgd-ce__eps0.03.json", aa)
+    assert evaluate.main(["--results-dir", str(tmp_path)]) == 0
+    worst = pd.read_csv(tmp_path / "tables" / "worst_cnn.csv").set_index("model")
+    assert int(worst.loc["cnn_ce", "n"]) == 20
+    assert float(worst.loc["cnn_ce", "acc_0.03"]) == pytest.approx(10 / 20)     # not 26/40
