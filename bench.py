@@ -3,7 +3,8 @@
     python bench.py train     # training samples/s per (arch, method); vectorised NSR step vs
                               # the reference's per-class loop (same batch, same run)
     python bench.py attack    # per arch: paper PGD-100 samples/s; batched SPSA vs the per-sample
-                              # loop; APGD-CE and forward rates (reproduce.py's plan estimate)
+                              # loop; APGD-CE/-T, FAB-T and forward rates (reproduce.py's plan
+                              # estimate reads them)
 
 Every figure is the median of several timed repeats after a warm-up. Runs on the committed real
 sample (or --data-dir/--no-sample for the full cache).
@@ -224,15 +225,12 @@ def bench_attack_arch(args, arch, model, source, data, device):
                      "same_predictions": same_pred, "fooled_fraction": fooled}
     print(f"PGD-100: ours {len(yc) / t_ours:.0f} samples/s, naive {len(yc) / t_naive:.0f} samples/s")
     # the AutoAttack components (torchattacks, 100 steps, one restart): seconds per attacked beat
-    record["autoattack"] = {}
+    record["autoattack"] = {}           # seconds per beat on the PGD beats xc
     for name in ("apgd-ce", "apgd-t", "fab-t"):
         t, _ = median_time(lambda: attack_autoattack.autoattack(model, xc, yc, name, eps),
                            args.repeats if name == "apgd-ce" else max(1, args.repeats // 2))
         record["autoattack"][name] = t / len(yc)
         print(f"{name}: {t / len(yc) * 1e3:.1f} ms per beat")
-    record["apgd_ce"] = {"eps": eps, "samples": len(yc), "steps": attack_autoattack.STEPS,
-                         "s_per_beat": record["autoattack"]["apgd-ce"],
-                         "samples_per_s": 1 / record["autoattack"]["apgd-ce"]}
     # inference forwards (what Square's queries cost), in SPSA's chunks
     rows = x[:1].repeat(attack_spsa.CHUNK_ROWS[arch], 1, 1)
     with torch.inference_mode():

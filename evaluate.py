@@ -171,17 +171,16 @@ def worst_case(records, attacks=None, name="worst"):
             for i, p in zip(r["indices"], r["adv_pred"]):
                 if i in pred and pred[i] == label[i] and p != label[i]:
                     pred[i] = p
-        y, p = [label[i] for i in keep], [pred[i] for i in keep]
         clean = dict(zip(base["indices"], base["clean_pred"]))
+        y, p, c = ([d[i] for i in keep] for d in (label, pred, clean))
         out.append({"model": model, "arch": base["arch"], "model_config": base["model_config"],
                     "attack": name, "eps": eps, "settings": {"eps": eps},
                     "sources": [os.path.basename(r["path"]) for r in rs],
                     "checkpoint_sha256": base["checkpoint_sha256"],
                     "checkpoints": sorted({r["checkpoint_sha256"] for r in rs}),
                     "indices": keep, "labels": y, "adv_pred": p,
-                    "clean_pred": [clean[i] for i in keep],
-                    "adversarial": classification_metrics(y, p),
-                    "clean": classification_metrics(y, [clean[i] for i in keep])})
+                    "clean_pred": c, "adversarial": classification_metrics(y, p),
+                    "clean": classification_metrics(y, c)})
     return out
 
 

@@ -213,7 +213,8 @@ def throughputs():
 
 
 def measured_epoch_s(cfg):
-    """The median epoch time cfg's own last checkpoint measured; None before it starts."""
+    """(median epoch seconds, epochs done) from cfg's own last checkpoint; None before it
+    starts."""
     last = train_baseline.checkpoint_paths(cfg)[0]
     try:
         history = torch.load(last, map_location="cpu", weights_only=True)["history"]
