@@ -1,10 +1,12 @@
-"""Speed benchmarks; figures go to results/bench/{train,attack_mlp,attack_cnn}.json and .md.
+"""Speed benchmarks; figures go to results/bench/{train,attack_mlp,attack_cnn,steps}.json, .md.
 
     python bench.py train     # training samples/s per (arch, method); vectorised NSR step vs
                               # the reference's per-class loop (same batch, same run)
     python bench.py attack    # per arch: paper PGD-100 samples/s; batched SPSA vs the per-sample
                               # loop; APGD-CE/-T, FAB-T and forward rates (reproduce.py's plan
                               # estimate reads them)
+    python bench.py steps     # aten ops and FLOPs of a training step, a PGD step, an SPSA
+                              # iteration, an AutoAttack call (reproduce.py's GPU estimate)
 
 Every figure is the median of several timed repeats after a warm-up. Runs on the committed real
 sample (or --data-dir/--no-sample for the full cache).
@@ -19,6 +21,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from losses import margin_loss, mse_loss
 from models import (arg_number, atomic_write, build_model, get_device, run_info, set_seed,
@@ -74,6 +78,29 @@ def pretrained(arch, x, y, device, steps=300):
     return model
 
 
+TRAIN_METHODS = [("ce", {}), ("mse", {}), ("mse_margin", {}),
+                 ("jacob", {"beta": 0.7, "jacob_norm": 1}),
+                 ("adv", {"adv_eps": 0.1, "adv_steps": 10, "adv_step_size": 0.01}),
+                 ("align", {}), ("nsr", {"nsr_eps": 0.01, "nsr_max_noise": 1.0})]
+
+
+def train_setup(arch, method, device):
+    """(model, optimizer, cfg, objective, generator) of one training method at the paper's
+    settings, seeded."""
+    import train_baseline
+    import train_nsr
+    cfg = {"method": method, "arch": arch, "lr": 1e-3, "margin": 1.0, "decay_l1": 0.01,
+           "decay_l2": 0.01, **dict(TRAIN_METHODS)[method]}
+    nsr_like = method in ("nsr", "align")
+    if nsr_like:
+        cfg["beta"] = (train_nsr.NSR_BETA if method == "nsr" else train_nsr.ALIGN_BETA)[arch]
+    objective = train_nsr.nsr_objective if nsr_like else train_baseline.baseline_objective
+    set_seed(SEED)
+    model = build_model(arch, bias=method != "align").to(device)
+    opt = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    return model, opt, cfg, objective, torch.Generator(device=device).manual_seed(SEED)
+
+
 def bench_train(args):
     import train_baseline
     import train_nsr
@@ -86,21 +113,9 @@ def bench_train(args):
     rows, record = [], {"settings": {"batch_size": BATCH_SIZE, "steps": TRAIN_STEPS,
                                      "repeats": args.repeats, "threads": torch.get_num_threads()},
                         **run_info(device)}
-    methods = [("ce", {}), ("mse", {}), ("mse_margin", {}), ("jacob", {"beta": 0.7, "jacob_norm": 1}),
-               ("adv", {"adv_eps": 0.1, "adv_steps": 10, "adv_step_size": 0.01}),
-               ("align", {}), ("nsr", {"nsr_eps": 0.01, "nsr_max_noise": 1.0})]
     for arch in args.archs:
-        for method, extra in methods:
-            nsr_like = method in ("nsr", "align")
-            cfg = {"method": method, "arch": arch, "lr": 1e-3, "margin": 1.0, "decay_l1": 0.01,
-                   "decay_l2": 0.01, **extra}
-            if nsr_like:
-                cfg["beta"] = (train_nsr.NSR_BETA if method == "nsr" else train_nsr.ALIGN_BETA)[arch]
-            objective = train_nsr.nsr_objective if nsr_like else train_baseline.baseline_objective
-            set_seed(SEED)
-            model = build_model(arch, bias=method != "align").to(device)
-            opt = torch.optim.Adamax(model.parameters(), lr=1e-3)
-            gen = torch.Generator(device=device).manual_seed(SEED)
+        for method, _ in TRAIN_METHODS:
+            model, opt, cfg, objective, gen = train_setup(arch, method, device)
 
             def run_steps():
                 for x, y in batches:
@@ -277,11 +292,111 @@ def bench_attack_arch(args, arch, model, source, data, device):
     write(f"attack_{arch}", record, table)
 
 
+# ----------------------------------------------------------------------------- steps
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops run under it and their FLOPs (torch.utils.flop_counter's formulas).
+    On a GPU these small models are launch-bound, so ops, not FLOPs, set most of a step's time:
+    reproduce.py's GPU estimate is ops x GPU_OP_US + FLOPs / GPU_TFLOPS."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.flops = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.ops += 1
+        op = func._overloadpacket
+        if op in (torch.ops.aten.linear, torch.ops.aten.conv1d):
+            # under inference_mode these reach us undecomposed: 2 x outputs x (fan-in of one)
+            w = args[1]
+            self.flops += 2 * out.numel() * w.shape[1] * (w.shape[2] if w.dim() == 3 else 1)
+        elif op in flop_registry:
+            self.flops += flop_registry[op](*args, **kwargs, out_val=out)
+        return out
+
+
+def count_ops(fn):
+    """{"ops", "flops"} of one call of fn."""
+    with OpCounter() as c:
+        fn()
+    return {"ops": c.ops, "flops": c.flops}
+
+
+def per_step(fn, steps=(1, 2)):
+    """The ops and FLOPs one more step adds: fn(steps[1]) minus fn(steps[0])."""
+    a, b = count_ops(lambda: fn(steps[0])), count_ops(lambda: fn(steps[1]))
+    return {k: (b[k] - a[k]) / (steps[1] - steps[0]) for k in a}
+
+
+def bench_steps(args):
+    """Ops and FLOPs of each unit of work the paper preset repeats: a training step (batch 128),
+    a validation forward, a PGD step (1,024 beats), an SPSA iteration (32 beats, 2,048
+    directions), an AutoAttack component's call (500 beats). Counted on random beats with an
+    untrained model whose own predictions are the labels, at eps 0 (or 1e-4 where torchattacks
+    needs eps > 0), so that no beat is fooled and leaves early: every count is an upper bound."""
+    import attack_autoattack
+    import attack_pgd
+    import attack_spsa
+    import train_baseline
+    from attack_common import predict
+    device = get_device(args.device)
+    torch.manual_seed(SEED)
+    beats = lambda n: torch.rand(n, 187, device=device)
+    record = {"settings": {"train_batch": BATCH_SIZE, "pgd_batch": attack_pgd.BATCH_SIZE,
+                           "spsa_batch": attack_spsa.BATCH_SIZE, "spsa_dirs": attack_spsa.N_DIRS,
+                           "aa_batch": attack_autoattack.BATCH_SIZE,
+                           "aa_steps": attack_autoattack.STEPS,
+                           "square_queries": attack_autoattack.N_QUERIES},
+              **run_info(device), "train": [], "attack": []}
+    for arch in args.archs:
+        for method, _ in TRAIN_METHODS:
+            model, opt, cfg, objective, gen = train_setup(arch, method, device)
+            x, y = beats(BATCH_SIZE), torch.randint(0, 5, (BATCH_SIZE,), device=device)
+            step = lambda: train_baseline.train_step(model, opt, x, y, cfg, objective, gen)
+            step()                      # the optimizer's state exists from the second step on
+            record["train"].append({"arch": arch, "method": method, **count_ops(step)})
+        set_seed(SEED)
+        model = build_model(arch).to(device).eval()
+        x = beats(attack_pgd.BATCH_SIZE * 4)
+        y = predict(model, x)
+        units = {
+            "forward": ("one predict() call, 4,096 beats",
+                        count_ops(lambda: predict(model, x))),
+            "pgd": (f"one step, {attack_pgd.BATCH_SIZE} beats", per_step(
+                lambda k: attack_pgd.pgd_attack(model, x[:attack_pgd.BATCH_SIZE],
+                                                y[:attack_pgd.BATCH_SIZE], 0.0, steps=k))),
+            "spsa": (f"one iteration, {attack_spsa.BATCH_SIZE} beats", per_step(
+                lambda k: attack_spsa.spsa_attack(model, x[:attack_spsa.BATCH_SIZE],
+                                                  y[:attack_spsa.BATCH_SIZE], 0.0, steps=k)))}
+        # torchattacks: 10 steps (Square: 50 queries) on 100 beats, scaled to a 500-beat call
+        # of 100 steps (5,000 queries): ops grow with steps, FLOPs with steps and beats
+        n_aa, k_aa = 100, attack_autoattack.BATCH_SIZE / 100
+        for name, steps, scale in (("apgd-ce", 10, 10), ("apgd-t", 10, 10), ("fab-t", 10, 10),
+                                   ("square", 50, 100)):
+            c = count_ops(lambda: attack_autoattack.autoattack(
+                model, x[:n_aa], y[:n_aa], name, 1e-4, steps=steps, n_queries=steps))
+            units[name] = (f"one call, {attack_autoattack.BATCH_SIZE} beats",
+                           {"ops": c["ops"] * scale, "flops": c["flops"] * scale * k_aa})
+        for name, (unit, c) in units.items():
+            record["attack"].append({"arch": arch, "attack": name, "unit": unit, **c})
+        print(f"{arch}: counted")
+    lines = ["# Ops and FLOPs per unit of work (the GPU estimate's input)", "",
+             f"Counted on {record['device']}, torch {record['torch']} (the counts do not depend on "
+             "the device). Upper bounds: no beat leaves early.", "",
+             "| arch | unit | aten ops | GFLOP |", "|---|---|---:|---:|"]
+    lines += [f"| {r['arch']} | train step, {r['method']}, batch {BATCH_SIZE} | {r['ops']:.0f} | "
+              f"{r['flops'] / 1e9:.3f} |" for r in record["train"]]
+    lines += [f"| {r['arch']} | {r['attack']}: {r['unit']} | {r['ops']:.0f} | "
+              f"{r['flops'] / 1e9:.3f} |" for r in record["attack"]]
+    write("steps", record, "\n".join(lines) + "\n")
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("what", choices=["train", "attack"], help="which benchmark")
+    p.add_argument("what", choices=["train", "attack", "steps"], help="which benchmark")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--data-dir", default=DATA_DIR, help="where preprocess.py put the cache")
     p.add_argument("--no-sample", action="store_true", help="use the full cache, not the sample")
@@ -293,10 +408,7 @@ def main(argv=None):
                    help="attack: a trained checkpoint instead of the model bench.py trains")
     args = p.parse_args(argv)
     tune_malloc()
-    if args.what == "train":
-        bench_train(args)
-    else:
-        bench_attack(args)
+    {"train": bench_train, "attack": bench_attack, "steps": bench_steps}[args.what](args)
     return 0
 
 

@@ -284,6 +284,77 @@ def estimate_attack_minutes(preset, n_test, arch, seeds):
     return {k: len(preset["models"]) * v / 60 for k, v in seconds.items()}
 
 
+# The GPU estimate, not measured (no GPU was lent to this project): eager PyTorch costs about
+# GPU_OP_US per aten op on a GPU (Python, dispatch and kernel launch: these models are small
+# enough to be launch-bound) plus the op's FLOPs at GPU_TFLOPS (float32). bench.py steps counts
+# the ops and FLOPs of each unit of work (results/bench/steps.json).
+GPU_OP_US = 6.0
+GPU_TFLOPS = 15.0
+BENCH_STEPS = "results/bench/steps.json"
+GPU_COUNTS = [8, 4, 2, 1]           # numbers of GPUs the plan prints an estimate for
+
+
+def gpu_task_seconds(preset, cfgs, per_epoch, n_val, n_test, archs, seeds, op_us=GPU_OP_US,
+                     tflops=GPU_TFLOPS):
+    """Seconds of each task on one GPU, {"train": [...], "attack": [...]}, from the op and FLOP
+    counts of bench.py steps; upper bounds (no fooled beat leaves early). The attack tasks are
+    the main tables' (paper PGD at every eps, SPSA, AutoAttack, Square, split as the preset
+    splits them); noise and the sanity-check runs, a few percent more, are left out."""
+    with open(BENCH_STEPS) as f:
+        counts = json.load(f)
+    train = {(r["arch"], r["method"]): r for r in counts["train"]}
+    unit = {(r["arch"], r["attack"]): r for r in counts["attack"]}
+    # `calls` launches of the unit's ops, `work` of its full-size FLOPs (a part-filled batch
+    # launches as many ops for fewer FLOPs)
+    cost = lambda c, calls, work: calls * c["ops"] * op_us * 1e-6 + work * c["flops"] / (tflops * 1e12)
+    ceil = lambda a, b: -(-a // b)
+    out = {"train": [], "attack": []}
+    for cfg in cfgs:
+        steps, val = ceil(per_epoch, cfg["batch_size"]), ceil(n_val, 4096)
+        out["train"].append(cfg["epochs"] * (
+            cost(train[(cfg["arch"], cfg["method"])], steps, per_epoch / cfg["batch_size"])
+            + cost(unit[(cfg["arch"], "forward")], val, n_val / 4096)))
+    batch = counts["settings"]
+    for arch in archs:
+        on = lambda part: len(seeds) if part.get("seeds", "all") == "all" else \
+            len([s for s in seeds if s in part["seeds"]])
+        beats = lambda v: per_arch(v, arch) or n_test
+        pgd, sp, aa, sq = (preset[k] for k in ("pgd", "spsa", "autoattack", "square"))
+        n, models = beats(pgd["max_samples"]), len(preset["models"])
+        tasks = [(len(seeds) * len(attack_pgd.EPS_LIST), 1, cost(
+            unit[(arch, "pgd")], ceil(n, batch["pgd_batch"]) * pgd["steps"],
+            n / batch["pgd_batch"] * pgd["steps"]))]
+        n = 5 * per_arch(sp["per_class"], arch)
+        k = sp.get("shards", 1)
+        tasks.append((on(sp) * len(per_arch(sp["eps"], arch) or attack_spsa.EPS_LIST), k, cost(
+            unit[(arch, "spsa")], ceil(n, batch["spsa_batch"]) * sp["steps"],
+            n / batch["spsa_batch"] * sp["steps"]) * sp["n_dirs"] / batch["spsa_dirs"]))
+        n = beats(aa["max_samples"])
+        for a in aa["attacks"]:
+            tasks.append((on(aa) * len(attack_autoattack.EPS_LIST), aa.get("shards", 1), cost(
+                unit[(arch, a)], ceil(n, batch["aa_batch"]) * aa["steps"] / batch["aa_steps"],
+                n / batch["aa_batch"] * aa["steps"] / batch["aa_steps"])))
+        n = beats(sq["max_samples"])
+        r = sq["n_queries"] / batch["square_queries"]
+        tasks.append((on(sq) * len(per_arch(sq["eps"], arch) or attack_autoattack.EPS_LIST),
+                      sq.get("shards", 1), cost(unit[(arch, "square")],
+                                                ceil(n, batch["aa_batch"]) * r,
+                                                n / batch["aa_batch"] * r)))
+        for runs, shards, seconds in tasks:
+            out["attack"] += [seconds / shards] * (models * runs * shards)
+    return out
+
+
+def makespan(seconds, workers):
+    """Wall time of `seconds` handed out longest first, each to the worker free soonest (what
+    Workers.run's shared counter does with a list sorted dearest first)."""
+    import heapq
+    free = [0.0] * workers
+    for s in sorted(seconds, reverse=True):
+        heapq.heapreplace(free, free[0] + s)
+    return max(free)
+
+
 RESTART_HELP = """error: torchrun --max-restarts {k} needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in
 the environment. By default torchrun shares its rendezvous store with the workers, and workers it
 restarts read the killed workers' addresses from it: they hang or fail in init_process_group
@@ -454,7 +525,7 @@ def preset_from_args(args):
     return preset
 
 
-def print_plan(preset, args, cfgs, workers, per_epoch, n_test, device, results):
+def print_plan(preset, args, cfgs, workers, per_epoch, n_val, n_test, device, results):
     hours = lambda m: f"{m / 60:.1f} h" if m >= 60 else f"{m:.0f} min"
     train = {arch: train_left_minutes([c for c in cfgs if c["arch"] == arch], per_epoch)
              for arch in args.archs}
@@ -469,10 +540,17 @@ def print_plan(preset, args, cfgs, workers, per_epoch, n_test, device, results):
     for arch in args.archs:
         print(f"  {arch}: training left {hours(train[arch])}; "
               + ", ".join(f"{k} {hours(v)}" for k, v in attacks[arch].items()))
-    print(f"  total at most {hours(total)}"
-          + ("; a GPU should be many times faster (not measured here)"
-             if get_device(device).type != "cpu" else "")
-          + f". Results under {results}/.")
+    print(f"  total at most {hours(total)}. Results under {results}/.")
+    gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if gpu and os.path.exists(BENCH_STEPS):
+        t = gpu_task_seconds(preset, cfgs, per_epoch, n_val, n_test, args.archs, args.seeds)
+        print(f"GPU estimate, not measured: {BENCH_STEPS}'s op and FLOP counts at an assumed "
+              f"{GPU_OP_US:g} us per op and {GPU_TFLOPS:g} TFLOP/s (upper bounds; noise and the "
+              "sanity-check runs add a few percent):")
+        for g in GPU_COUNTS:
+            tr, at = makespan(t["train"], g) / 60, makespan(t["attack"], g) / 60
+            print(f"  {g} GPU{'s' if g > 1 else ''}{' (torchrun)' if g > 1 else ''}: training "
+                  f"{hours(tr)}, attacks {hours(at)}, total {hours(tr + at)}")
 
 
 def main(argv=None):
@@ -481,6 +559,12 @@ def main(argv=None):
     results = args.results_dir or preset["results"]
     t_start = time.perf_counter()
     tune_malloc()
+    if not args.dry_run:                 # --dry-run prints a GPU plan on any machine
+        try:
+            get_device(args.device)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     workers = Workers()
     device = workers.device(args.device)
 
@@ -503,7 +587,8 @@ def main(argv=None):
     ckpt_dir = os.path.join(results, "checkpoints")
     cfgs = train_configs(preset, args.archs, args.seeds, device, args.data_dir, sample, ckpt_dir)
     if workers.rank == 0:
-        print_plan(preset, args, cfgs, workers, per_epoch, len(cache["Y_test"]), device, results)
+        print_plan(preset, args, cfgs, workers, per_epoch, len(cache["Y_val"]),
+                   len(cache["Y_test"]), device, results)
     if args.dry_run:
         workers.close()
         return 0

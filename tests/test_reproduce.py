@@ -98,3 +98,53 @@ def test_attack_phase_skips_models_still_training(tmp_path, capsys):
     made = sorted(p.name for p in (res / "attacks").glob("*.json"))
     assert made and all(n.startswith("mlp_ce_n128_s0__pgd") for n in made)
     assert len(made) == 6                                   # the paper's 6 PGD eps
+
+
+def test_gpu_estimate_from_op_counts(tmp_path, monkeypatch):
+    """The GPU estimate: ops x GPU_OP_US + FLOPs / GPU_TFLOPS per unit of work, handed out over
+    N GPUs longest first."""
+    import json
+    counts = {"settings": {"pgd_batch": 1024, "spsa_batch": 32, "spsa_dirs": 2048,
+                           "aa_batch": 500, "aa_steps": 100, "square_queries": 5000},
+              "train": [{"arch": "mlp", "method": m, "ops": 100, "flops": 0}
+                        for m in ("ce", "nsr")],
+              "attack": [{"arch": "mlp", "attack": a, "ops": 10, "flops": 3e12}
+                         for a in ("forward", "pgd", "spsa", "apgd-ce", "apgd-t", "fab-t",
+                                   "square")]}
+    path = tmp_path / "steps.json"
+    path.write_text(json.dumps(counts))
+    monkeypatch.setattr(reproduce, "BENCH_STEPS", str(path))
+    preset = reproduce.PRESETS["paper"]
+    cfgs = [train_baseline.make_config("mlp", m, epochs=50) for m in ("ce", "nsr")]
+    t = reproduce.gpu_task_seconds(preset, cfgs, 1280, 4096, 2048, ["mlp"], [0], op_us=10,
+                                   tflops=1)
+    # a run: 50 epochs x (10 steps of 100 ops + one validation forward: 10 ops, 3 s of FLOPs)
+    assert t["train"] == pytest.approx([50 * (10 * 100 * 10e-6 + 10 * 10e-6 + 3)] * 2)
+    # PGD at one eps: 2 batches x 100 steps of 10 ops, 2 x 100 full batches of FLOPs, 9 models
+    pgd = 2 * 100 * 10 * 10e-6 + 2 * 100 * 3
+    assert sum(s == pytest.approx(pgd) for s in t["attack"]) == 9 * 6
+    # SPSA (seed 0): 810 beats in 26 batches (25.3 full), 100 iterations, 8 eps x 4 shards
+    spsa = (26 * 100 * 10 * 10e-6 + 810 / 32 * 100 * 3) / 4
+    assert sum(s == pytest.approx(spsa) for s in t["attack"]) == 9 * 8 * 4
+    assert reproduce.makespan([3, 3, 2, 2, 2], 2) == 7          # 3+2+2 | 3+2
+    assert reproduce.makespan([5, 1, 1], 4) == 5                # the longest task bounds it
+    gpus = (1, 2, 4, 8)
+    walls = [reproduce.makespan(t["attack"], g) for g in gpus]
+    assert walls[0] == pytest.approx(sum(t["attack"]))
+    assert all(a >= b for a, b in zip(walls, walls[1:]))
+    assert all(w >= sum(t["attack"]) / g - 1e-9 for w, g in zip(walls, gpus))
+
+
+def test_cuda_dry_run_prints_the_gpu_estimate_anywhere(tmp_path, capsys):
+    """--dry-run with --device cuda prints the GPU plan on a machine without one; a real run
+    there stops with a clear error before any work."""
+    import torch
+    tiny = ["quick", "--device", "cuda", "--archs", "mlp", "--data-dir", str(tmp_path / "ecg"),
+            "--results-dir", str(tmp_path / "res")]
+    assert reproduce.main(tiny + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU estimate, not measured" in out and "4 GPUs (torchrun): training" in out
+    if not torch.cuda.is_available():
+        assert reproduce.main(tiny) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+        assert not (tmp_path / "res").exists()
