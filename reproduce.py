@@ -487,6 +487,10 @@ def build_parser():
                    help="which attack runs (e.g. pgd noise checks first: the main tables, "
                         "cheap; the tasks of a phase go dearest first)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
+    p.add_argument("--gpu-op-us", type=arg_number(float, 0, lo_open=True), default=GPU_OP_US,
+                   help="the GPU estimate's assumed overhead per aten op, microseconds")
+    p.add_argument("--gpu-tflops", type=arg_number(float, 0, lo_open=True), default=GPU_TFLOPS,
+                   help="the GPU estimate's assumed float32 throughput, TFLOP/s")
     # overrides of the preset (the tests use tiny values); default: the preset's
     positive = arg_number(int, 1)
     for flag, what in (("--epochs", "epochs"), ("--max-train-samples", "samples per epoch"),
@@ -543,10 +547,11 @@ def print_plan(preset, args, cfgs, workers, per_epoch, n_val, n_test, device, re
     print(f"  total at most {hours(total)}. Results under {results}/.")
     gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if gpu and os.path.exists(BENCH_STEPS):
-        t = gpu_task_seconds(preset, cfgs, per_epoch, n_val, n_test, args.archs, args.seeds)
+        t = gpu_task_seconds(preset, cfgs, per_epoch, n_val, n_test, args.archs, args.seeds,
+                             args.gpu_op_us, args.gpu_tflops)
         print(f"GPU estimate, not measured: {BENCH_STEPS}'s op and FLOP counts at an assumed "
-              f"{GPU_OP_US:g} us per op and {GPU_TFLOPS:g} TFLOP/s (upper bounds; noise and the "
-              "sanity-check runs add a few percent):")
+              f"{args.gpu_op_us:g} us per op and {args.gpu_tflops:g} TFLOP/s (upper bounds; "
+              "noise and the sanity-check runs add a few percent):")
         for g in GPU_COUNTS:
             tr, at = makespan(t["train"], g) / 60, makespan(t["attack"], g) / 60
             print(f"  {g} GPU{'s' if g > 1 else ''}{' (torchrun)' if g > 1 else ''}: training "
