@@ -23,6 +23,7 @@ training run that was killed continues from its last epoch (--resume), so re-run
 command after an interruption picks up where it stopped.
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -90,15 +91,6 @@ def per_arch(value, arch):
 ATTACK_KINDS = ["pgd", "noise", "checks", "autoattack", "square", "spsa"]
 
 
-def attack_kind(label):
-    """The --attacks kind of a task label (the sanity-check runs are "checks")."""
-    first = label.split()[0]
-    kinds = {"PGD": "pgd", "SPSA": "spsa", "AutoAttack": "autoattack", "Square": "square",
-             "noise": "noise"}
-    return "checks" if label.startswith(("PGD on the check", "PGD fewer", "PGD eps 1")) \
-        else kinds.get(first, "checks")
-
-
 def attack_tasks(preset, cfg, target, kinds=ATTACK_KINDS):
     """The attack runs of one trained model: [(label, script main, argv)], biggest first.
     `target`: the flags naming its checkpoint, data, device and result folder; `kinds`: which
@@ -111,68 +103,70 @@ def attack_tasks(preset, cfg, target, kinds=ATTACK_KINDS):
     eps = lambda v: ["--eps", *map(str, per_arch(v, arch))] if per_arch(v, arch) else []
     n_main, n_chk = pgd["max_samples"], chk.get("max_samples", pgd["max_samples"])
     chk_eps = ["--eps", "0.03", "0.1"]
-    tasks = [(f"PGD {name}", attack_pgd.main, target + n(n_main) + ["--steps", str(pgd["steps"])])]
+    # (kind, label, script main, argv, beat shards)
+    tasks = [("pgd", f"PGD {name}", attack_pgd.main,
+              target + n(n_main) + ["--steps", str(pgd["steps"])], 1)]
     if on_seed(sp):
-        tasks.append((f"SPSA {name}", attack_spsa.main,
+        tasks.append(("spsa", f"SPSA {name}", attack_spsa.main,
                       target + ["--per-class", str(per_arch(sp["per_class"], arch)), "--steps",
-                                str(sp["steps"]), "--n-dirs", str(sp["n_dirs"])] + eps(sp["eps"])))
+                                str(sp["steps"]), "--n-dirs", str(sp["n_dirs"])] + eps(sp["eps"]),
+                      sp.get("shards", 1)))
     if on_seed(aa):
-        tasks.append((f"AutoAttack {name}", attack_autoattack.main,
+        tasks.append(("autoattack", f"AutoAttack {name}", attack_autoattack.main,
                       target + n(aa["max_samples"]) + ["--steps", str(aa["steps"]),
-                                                       "--attacks", *aa["attacks"]]))
+                                                       "--attacks", *aa["attacks"]],
+                      aa.get("shards", 1)))
     if on_seed(sq):
-        tasks.append((f"Square {name}", attack_autoattack.main,
+        tasks.append(("square", f"Square {name}", attack_autoattack.main,
                       target + n(sq["max_samples"]) + ["--attacks", "square", "--n-queries",
-                                                       str(sq["n_queries"])] + eps(sq["eps"])))
+                                                       str(sq["n_queries"])] + eps(sq["eps"]),
+                      sq.get("shards", 1)))
     # sanity-check runs (METHOD.md 7): fewer steps, one vs several restarts, eps 1, noise
     if n_chk != n_main:
-        tasks.append((f"PGD on the check subset {name}", attack_pgd.main,
-                      target + n(n_chk) + ["--steps", str(pgd["steps"])] + chk_eps))
-    tasks.append((f"PGD fewer steps {name}", attack_pgd.main,
-                  target + n(n_chk) + ["--steps", str(chk["steps"])] + chk_eps))
+        tasks.append(("checks", f"PGD on the check subset {name}", attack_pgd.main,
+                      target + n(n_chk) + ["--steps", str(pgd["steps"])] + chk_eps, 1))
+    tasks.append(("checks", f"PGD fewer steps {name}", attack_pgd.main,
+                  target + n(n_chk) + ["--steps", str(chk["steps"])] + chk_eps, 1))
     for restarts in (1, chk["sign_restarts"]):
-        tasks.append((f"sign PGD x{restarts} {name}", attack_pgd.main,
+        tasks.append(("checks", f"sign PGD x{restarts} {name}", attack_pgd.main,
                       target + n(n_chk) + ["--variant", "sign", "--loss", "margin", "--steps",
                                            str(chk["steps"]), "--restarts", str(restarts)]
-                      + chk_eps))
+                      + chk_eps, 1))
     if chk["eps_one"]:
-        tasks.append((f"PGD eps 1 {name}", attack_pgd.main,
+        tasks.append(("checks", f"PGD eps 1 {name}", attack_pgd.main,
                       target + n(n_chk) + ["--steps", str(chk["steps"]), "--step-size", "0.05",
-                                           "--eps", "1.0"]))
-    tasks.append((f"noise {name}", attack_pgd.main,
-                  target + n(preset["noise"]["max_samples"]) + ["--noise"]))
-    # SPSA and AutoAttack runs split further into beat shards (merged into one result)
-    shards = {"SPSA": sp.get("shards", 1), "AutoAttack": aa.get("shards", 1),
-              "Square": sq.get("shards", 1)}
+                                           "--eps", "1.0"], 1))
+    tasks.append(("noise", f"noise {name}", attack_pgd.main,
+                  target + n(preset["noise"]["max_samples"]) + ["--noise"], 1))
+    # one task per eps (and AutoAttack component), each split further into beat shards (the
+    # script merges them into one result)
     out = []
-    for label, fn, argv in per_eps([t for t in tasks if attack_kind(t[0]) in kinds]):
-        k = shards.get(label.split()[0], 1)
-        out += [(label, fn, argv)] if k == 1 else [
-            (f"{label} shard {i}/{k}", fn, argv + ["--shard", f"{i}/{k}"]) for i in range(1, k + 1)]
+    for kind, label, fn, argv, k in tasks:
+        if kind not in kinds:
+            continue
+        for lab, arg in per_eps(label, fn, argv):
+            out += [(lab, fn, arg)] if k == 1 else [
+                (f"{lab} shard {i}/{k}", fn, arg + ["--shard", f"{i}/{k}"]) for i in range(1, k + 1)]
     return out
 
 
-def per_eps(tasks):
-    """One task per (model, attack, eps) and per AutoAttack component: small tasks balance over
-    workers, and each gives exactly the result it gives inside a sweep (seeded per call)."""
-    out = []
-    for label, fn, argv in tasks:
-        if "--eps" in argv:                      # --eps is always the last flag here
-            cut = argv.index("--eps")
-            base, eps = argv[:cut], argv[cut + 1:]
-        else:
-            kind = fn.__module__ + ("-noise" if "--noise" in argv else "")
-            base, eps = argv, [str(e) for e in DEFAULT_EPS[kind]]
-        attacks = [None]
-        if "--attacks" in base:
-            i = base.index("--attacks")
-            j = next((k for k in range(i + 1, len(base)) if base[k].startswith("--")), len(base))
-            attacks, base = base[i + 1:j], base[:i] + base[j:]
-        for a in attacks:
-            for e in eps:
-                extra = (["--attacks", a] if a else []) + ["--eps", e]
-                out.append((f"{label}{' ' + a if a else ''} eps {e}", fn, base + extra))
-    return out
+def per_eps(label, fn, argv):
+    """[(label, argv)] of one task per eps and per AutoAttack component: small tasks balance
+    over workers, and each gives exactly the result it gives inside a sweep (seeded per call)."""
+    if "--eps" in argv:                      # --eps is always the last flag here
+        cut = argv.index("--eps")
+        base, eps = argv[:cut], argv[cut + 1:]
+    else:
+        kind = fn.__module__ + ("-noise" if "--noise" in argv else "")
+        base, eps = argv, [str(e) for e in DEFAULT_EPS[kind]]
+    attacks = [None]
+    if "--attacks" in base:
+        i = base.index("--attacks")
+        j = next((k for k in range(i + 1, len(base)) if base[k].startswith("--")), len(base))
+        attacks, base = base[i + 1:j], base[:i] + base[j:]
+    return [(f"{label}{' ' + a if a else ''} eps {e}",
+             base + (["--attacks", a] if a else []) + ["--eps", e])
+            for a in attacks for e in eps]
 
 
 # CPU throughputs used when results/bench/train.json is absent (measured on 2 cores)
@@ -183,15 +177,25 @@ DEFAULT_SPS.update({("cnn", m): v for m, v in [("ce", 6.2e3), ("mse", 6.7e3),
                     ("nsr", 3.2e3)]})
 
 
+def last_checkpoint(cfg):
+    """cfg's last checkpoint ({"epoch", "history", ...}); None before it starts or when it
+    cannot be read. Loaded once per file version (the plan and both phases ask)."""
+    path = train_baseline.checkpoint_paths(cfg)[0]
+    try:
+        return _load_checkpoint(path, os.stat(path).st_mtime_ns)
+    except Exception:
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _load_checkpoint(path, mtime_ns):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def finished(cfg):
     """A run is done when its last checkpoint reached the preset's epochs."""
-    last, _ = train_baseline.checkpoint_paths(cfg)
-    if not os.path.exists(last):
-        return False
-    try:
-        return torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1 >= cfg["epochs"]
-    except Exception:
-        return False
+    ckpt = last_checkpoint(cfg)
+    return ckpt is not None and ckpt.get("epoch", -1) + 1 >= cfg["epochs"]
 
 
 def train_configs(preset, archs, seeds, device, data_dir, sample, ckpt_dir):
@@ -215,12 +219,10 @@ def throughputs():
 def measured_epoch_s(cfg):
     """(median epoch seconds, epochs done) from cfg's own last checkpoint; None before it
     starts."""
-    last = train_baseline.checkpoint_paths(cfg)[0]
-    try:
-        history = torch.load(last, map_location="cpu", weights_only=True)["history"]
-        return float(np.median([e["seconds"] for e in history])), len(history)
-    except Exception:
+    history = (last_checkpoint(cfg) or {}).get("history")
+    if not history:
         return None
+    return float(np.median([e["seconds"] for e in history])), len(history)
 
 
 def train_left_minutes(cfgs, per_epoch):
