@@ -693,6 +693,18 @@ def training_section(histories):
     return lines + [""]
 
 
+def compute_line(records, histories):
+    """The compute behind the report: training seconds from the checkpoints' histories, attack
+    seconds from the results' wall_s (a killed run's lost work is not counted)."""
+    train_h = sum(h["train_s"] for h in histories) / 3600
+    attack_h = sum(r.get("wall_s", 0) for r in records) / 3600
+    devices = sorted({r.get("device", "?") for r in records})
+    threads = sorted({str(r.get("threads", "?")) for r in records})
+    return (f"Compute: {train_h + attack_h:.1f} h of process time: training {train_h:.1f} h "
+            f"({len(histories)} runs), attacks {attack_h:.1f} h ({len(records)} results; device "
+            f"{', '.join(devices)}, {'/'.join(threads)} thread(s) per process).")
+
+
 def evaluate(results_dir=RESULTS_DIR):
     records, skipped = load_results(os.path.join(results_dir, "attacks"))
     histories = load_histories(os.path.join(results_dir, "checkpoints"))
@@ -709,6 +721,7 @@ def evaluate(results_dir=RESULTS_DIR):
               "attacked and count with their clean prediction.", ""]
     if skipped:
         report += ["Skipped (corrupt or foreign): " + ", ".join(f"`{p}`" for p in skipped), ""]
+    report += [compute_line(records, histories), ""]
     report += training_section(histories)
     aa = worst_case(records, AUTOATTACKS, "autoattack")
     titles = {"worst": "Worst case per beat over every attack (the number to trust)",

@@ -262,9 +262,15 @@ def test_training_table_marks_runs_still_training(tmp_path):
              for e in range(epochs_done)]
         torch.save({"arch": "mlp", "config": cfg, "history": h},
                    tmp_path / f"{cfg['name']}.pt")
-    lines = "\n".join(evaluate.training_section(evaluate.load_histories(str(tmp_path))))
+    histories = evaluate.load_histories(str(tmp_path))
+    lines = "\n".join(evaluate.training_section(histories))
     assert "| mlp_ce_s0 | 50 |" in lines
     assert "| mlp_nsr_0.4_s0 | 10 of 50 (training) |" in lines
+    # the compute line: 60 epochs of 1 s, plus the attacks' wall_s
+    records = [{"wall_s": 3600.0, "device": "cpu", "threads": 1}] * 3
+    line = evaluate.compute_line(records, histories)
+    assert line.startswith("Compute: 3.0 h of process time: training 0.0 h (2 runs), "
+                           "attacks 3.0 h (3 results; device cpu, 1 thread(s)")
 
 
 def test_worst_case_lies_on_the_beats_autoattack_attacked(tmp_path):
