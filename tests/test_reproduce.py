@@ -30,8 +30,9 @@ def test_attack_kinds_filter_and_cover_the_tasks():
     assert all(by_kind[k] for k in reproduce.ATTACK_KINDS)
     assert {t[0] for t in paper_tasks(["pgd", "noise"])} == \
         {t[0] for t in by_kind["pgd"] + by_kind["noise"]}
-    # SPSA and AutoAttack run on seed 0 only: none on seed 1
-    assert not paper_tasks(["spsa", "autoattack", "square"], seed=1)
+    # SPSA runs on seed 0 only, AutoAttack and Square on every seed
+    assert not paper_tasks(["spsa"], seed=1)
+    assert len(paper_tasks(["autoattack", "square"], seed=1)) == (3 + 1) * 6 * 2
 
 
 def test_plan_estimate_grows_with_the_work():
@@ -40,6 +41,7 @@ def test_plan_estimate_grows_with_the_work():
     three = reproduce.estimate_attack_minutes(preset, 21890, "mlp", [0, 1, 2])
     assert set(one) == {"PGD", "SPSA", "AutoAttack", "Square"} and all(v > 0 for v in one.values())
     assert three["PGD"] == pytest.approx(3 * one["PGD"]) and three["SPSA"] == one["SPSA"]   # SPSA: seed 0
+    assert three["AutoAttack"] == pytest.approx(3 * one["AutoAttack"])
     cnn = reproduce.estimate_attack_minutes(preset, 21890, "cnn", [0])
     assert cnn["PGD"] > one["PGD"]                     # the CNN attacks are dearer per beat
 
