@@ -2,7 +2,7 @@
 records and their paths, and the one eps sweep that skips only up-to-date results.
 
 A result belongs to the exact checkpoint and data that made it: every result JSON records the
-sha256 of the checkpoint file and of the data cache, the seed and the attack settings. A script
+sha256 of the checkpoint file and the digest of the data (preprocess.data_sha256), the seed and the attack settings. A script
 skips a result only when the file parses, is complete, and its provenance and settings equal
 the run it would do; otherwise it says why and recomputes. Results are written through a hidden
 temp file (`.NAME.json.RANDOM.tmp`, never matched by `*.json`) and renamed.
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from models import arg_number, atomic_write, get_device, load_checkpoint, run_info, sha256_file
-from preprocess import (DATA_DIR, DataError, balanced_subset, cache_path, classification_metrics,
-                        load_cache)
+from preprocess import (DATA_DIR, DataError, balanced_subset, cache_path, canonical_data_sha256,
+                        classification_metrics, data_sha256, load_cache)
 
 OUT_DIR = "results/attacks"
 SEED = 0
@@ -63,7 +63,7 @@ def load_target(checkpoint, device, data_dir=DATA_DIR, sample=False, per_class=N
             "x": cache["X_test"][idx].to(device), "y": cache["Y_test"][idx].to(device),
             "idx": idx, "device": device,
             "checkpoint_sha256": sha256_file(checkpoint),
-            "data_sha256": sha256_file(cache_path(data_dir, sample)),
+            "data_sha256": data_sha256(data_dir, sample),
             "data": {"cache": os.path.abspath(cache_path(data_dir, sample)), "sample": sample,
                      "per_class": per_class, "source": cache["meta"]["source"]}}
 
@@ -150,7 +150,7 @@ def stale_reason(path, target, settings):
     if r["checkpoint_sha256"] != target["checkpoint_sha256"]:
         return (f"made from another checkpoint (sha256 {r['checkpoint_sha256'][:12]}, "
                 f"{target['checkpoint']} is {target['checkpoint_sha256'][:12]})")
-    if r["data_sha256"] != target["data_sha256"]:
+    if canonical_data_sha256(r["data_sha256"]) != target["data_sha256"]:
         return f"made from other data (sha256 {r['data_sha256'][:12]} vs {target['data_sha256'][:12]})"
     if core_settings(r["settings"]) != core_settings(settings):
         return f"other settings ({core_settings(r['settings'])} vs {core_settings(settings)})"
@@ -236,7 +236,8 @@ def shard_result(target, path, attack, settings, run_attack, eps, shard, force):
     def load(j):
         try:
             s = torch.load(shard_path(path, j, k), weights_only=True)
-            return s if s["key"] == key else None
+            recorded = dict(s["key"], data_sha256=canonical_data_sha256(s["key"]["data_sha256"]))
+            return s if recorded == key else None
         except Exception:
             return None
     if force or load(i) is None:

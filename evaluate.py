@@ -38,7 +38,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from attack_autoattack import ATTACKS as AUTOATTACKS  # noqa: E402
 from attack_common import read_result  # noqa: E402
 from models import CLASS_NAMES, atomic_write, git_commit  # noqa: E402
-from preprocess import classification_metrics  # noqa: E402
+from preprocess import (canonical_data_sha256, classification_metrics, data_digest,  # noqa: E402
+                        read_cache)
 from train_baseline import paper_config  # noqa: E402
 
 RESULTS_DIR = "results"
@@ -413,7 +414,9 @@ def plot_example_beats(records, path, eps=EXAMPLE_EPS):
     cache_file = (runs["ce"].get("data") or {}).get("cache")
     if not cache_file or not os.path.exists(cache_file):
         return f"data cache {cache_file} not found"
-    cache = torch.load(cache_file, weights_only=True)
+    cache = read_cache(cache_file)
+    if data_digest(cache) != canonical_data_sha256(runs["ce"]["data_sha256"]):
+        return f"data cache {cache_file} holds other data than the results were made from"
     x_all, y_all = cache["X_test"], cache["Y_test"]
     picks = []
     for c in range(len(CLASS_NAMES)):
@@ -705,6 +708,18 @@ def compute_line(records, histories):
             f"{', '.join(devices)}, {'/'.join(threads)} thread(s) per process).")
 
 
+def data_line(records):
+    """Which data the results were made from (preprocess.data_sha256), with a warning where
+    they differ: their numbers would not belong in one table."""
+    counts = pd.Series([canonical_data_sha256(r["data_sha256"]) for r in records]).value_counts()
+    if len(counts) <= 1:
+        return "Data: " + (f"every result from the data with digest `{counts.index[0]}` "
+                           "(preprocess.data_sha256)." if len(counts) else "no results.")
+    print(f"WARNING: the results come from {len(counts)} different data caches")
+    return ("**Warning**: the results come from different data (re-run the attacks on one "
+            "cache): " + ", ".join(f"`{d[:12]}` ({n} results)" for d, n in counts.items()) + ".")
+
+
 def evaluate(results_dir=RESULTS_DIR):
     records, skipped = load_results(os.path.join(results_dir, "attacks"))
     histories = load_histories(os.path.join(results_dir, "checkpoints"))
@@ -721,7 +736,7 @@ def evaluate(results_dir=RESULTS_DIR):
               "attacked and count with their clean prediction.", ""]
     if skipped:
         report += ["Skipped (corrupt or foreign): " + ", ".join(f"`{p}`" for p in skipped), ""]
-    report += [compute_line(records, histories), ""]
+    report += [compute_line(records, histories), "", data_line(records), ""]
     report += training_section(histories)
     aa = worst_case(records, AUTOATTACKS, "autoattack")
     titles = {"worst": "Worst case per beat over every attack (the number to trust)",

@@ -180,18 +180,23 @@ def get_device(name="auto"):
     return torch.device(name)
 
 
-_SHA_CACHE = {}
+_MEMO = {}
+
+
+def memo_per_file(fn, path):
+    """fn(path), memoised per (fn, path, size, mtime): reproduce.py hashes the same data cache
+    and checkpoints for every attack task, and every write here replaces a file by rename,
+    which changes its mtime."""
+    st = os.stat(path)
+    key = (fn.__name__, os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _MEMO:
+        _MEMO[key] = fn(path)
+    return _MEMO[key]
 
 
 def sha256_file(path):
-    """Hex sha256 of one file (checkpoints, data caches: provenance of every result). Memoised
-    per (path, size, mtime): reproduce.py hashes the same data cache for every attack task, and
-    every write here replaces a file by rename, which changes its mtime."""
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = _sha256_uncached(path)
-    return _SHA_CACHE[key]
+    """Hex sha256 of one file (a checkpoint: provenance of every result). Memoised per file."""
+    return memo_per_file(_sha256_uncached, path)
 
 
 def _sha256_uncached(path):
@@ -276,7 +281,7 @@ def arg_number(kind=float, lo=None, hi=None, lo_open=False):
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path, model, optimizer, epoch, config, history, data=None):
     """Everything needed to resume or evaluate; plain types only (loads with weights_only).
-    `data`: what it was trained on (the cache file and its sha256)."""
+    `data`: what it was trained on (the cache file and its data digest, preprocess.data_sha256)."""
     ckpt = {
         "arch": "cnn" if isinstance(model, CNN) else "mlp",
         "method": config.get("method"),

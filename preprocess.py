@@ -35,7 +35,7 @@ from sklearn.metrics import (balanced_accuracy_score, confusion_matrix,
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from models import CLASS_NAMES, N_CLASSES, N_SAMPLES, atomic_write
+from models import CLASS_NAMES, N_CLASSES, N_SAMPLES, atomic_write, memo_per_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -314,11 +314,56 @@ def load_cache(data_dir=DATA_DIR, sample=False):
         if data_dir != DATA_DIR:
             cmd += f" --data-dir {data_dir}"
         raise DataError(f"no data cache at {path}: make it with: {cmd}")
+    return read_cache(path)
+
+
+def read_cache(path):
     try:
         return torch.load(path, weights_only=True)
     except Exception as e:
         raise DataError(f"{path} is truncated or not a cache of this project ({e}); "
                         f"rebuild it with preprocess.py --force") from None
+
+
+# ----------------------------------------------------------------------------- data identity
+# A checkpoint or result names the data it was made from by data_digest: the sha256 of the beats
+# and labels of every split. Not the sha256 of the cache file: its bytes change with every
+# rebuild (the build time in meta, torch.save's archive name), so a fresh machine rebuilding the
+# same beats would refuse every committed result and resume point.
+CACHE_TENSORS = ("X_train", "Y_train", "X_val", "Y_val", "X_test", "Y_test")
+# What the results and checkpoints committed before the digest recorded (the cache file's sha256)
+# -> the digest of the data they were made from. Verified on the rebuild from the 48 MIT-BIH
+# records: every committed result's labels, every committed checkpoint's clean predictions on
+# the whole test split and its best epoch's validation balanced accuracy are those recorded
+# (the slow test tests/test_provenance.py). Nothing committed is rewritten.
+LEGACY_DATA_SHA256 = {
+    "e44138a70dd6b4c4c0ed9379b6e9cea98c433c8171d2535d993eea93e04446f2":
+        "326ce32023145b9d0b0be3254356e3a76c4c5e011d13144a521872fe83bf18be",
+}
+
+
+def data_digest(cache):
+    """sha256 of every split's beats and labels (dtype, shape and bytes), in a fixed order."""
+    h = hashlib.sha256()
+    for k in CACHE_TENSORS:
+        t = cache[k].contiguous()
+        h.update(f"{k} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _cache_file_digest(path):
+    return data_digest(read_cache(path))
+
+
+def data_sha256(data_dir=DATA_DIR, sample=False):
+    """data_digest of the cache that load_cache(data_dir, sample) reads (memoised per file)."""
+    return memo_per_file(_cache_file_digest, cache_path(data_dir, sample))
+
+
+def canonical_data_sha256(recorded):
+    """The data digest a recorded data sha256 stands for (itself, unless a legacy file sha256)."""
+    return LEGACY_DATA_SHA256.get(recorded, recorded)
 
 
 def prepare(data_dir=DATA_DIR, wfdb_dir=None, sample=False, force=False, records=None):

@@ -27,9 +27,9 @@ from attack_common import predict
 from attack_pgd import pgd_batch
 from losses import decoupled_decay_, jacobian_loss_from_logits, margin_loss, mse_loss
 from models import (arg_number, build_model, get_device, load_checkpoint, save_checkpoint,
-                    sha256_file, tune_malloc)
+                    tune_malloc)
 from preprocess import (DATA_DIR, DataError, balanced_epoch_indices, cache_path,
-                        classification_metrics, load_cache)
+                        canonical_data_sha256, classification_metrics, data_sha256, load_cache)
 
 # ----------------------------------------------------------------------------- the paper's values
 ARCH = "cnn"
@@ -238,7 +238,8 @@ def resume(cfg, device, data_info):
     model, ckpt = load_checkpoint(last_path, device, arch=cfg["arch"])
     changed = {k for k in set(cfg) | set(ckpt["config"])
                if k not in ("epochs", "resume", "device") and ckpt["config"].get(k) != cfg.get(k)}
-    if (ckpt.get("data") or {}).get("sha256") not in (None, data_info["sha256"]):
+    recorded = (ckpt.get("data") or {}).get("sha256")
+    if recorded is not None and canonical_data_sha256(recorded) != data_info["sha256"]:
         raise ValueError(f"--resume: {last_path} was trained on other data than "
                          f"{data_info['cache']} (sha256 {ckpt['data']['sha256'][:12]} vs "
                          f"{data_info['sha256'][:12]})")
@@ -260,8 +261,8 @@ def train(cfg, objective):
     xtr, ytr = data["X_train"].to(device), data["Y_train"].to(device)
     xva, yva = data["X_val"].to(device), data["Y_val"].to(device)
     ytr_np = data["Y_train"].numpy()
-    path = cache_path(cfg["data_dir"], cfg["sample"])
-    data_info = {"cache": os.path.abspath(path), "sha256": sha256_file(path),
+    data_info = {"cache": os.path.abspath(cache_path(cfg["data_dir"], cfg["sample"])),
+                 "sha256": data_sha256(cfg["data_dir"], cfg["sample"]),
                  "source": data["meta"]["source"]}
     name = cfg["name"]
     last_path, best_path = checkpoint_paths(cfg)
