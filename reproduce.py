@@ -582,15 +582,24 @@ def main(argv=None):
     kaggle = all(os.path.exists(os.path.join(args.data_dir, f))
                  for f in (preprocess.TRAIN_CSV, preprocess.TEST_CSV))
     sample = args.preset == "quick" and not kaggle
-    if args.preset == "paper" and not kaggle:
+    # the paper preset also runs from the full cache alone (copied to a GPU box without the CSVs)
+    cache_only = (args.preset == "paper" and not kaggle
+                  and os.path.exists(preprocess.cache_path(args.data_dir)))
+    if args.preset == "paper" and not kaggle and not cache_only:
         print(f"error: the paper preset needs the full data: put the Kaggle CSVs in "
               f"{args.data_dir}/ or run 'python preprocess.py --wfdb DIR' first", file=sys.stderr)
         return 2
     if sample and workers.rank == 0:
         print(f"No Kaggle CSVs in {args.data_dir}/: using the committed real sample "
               f"({os.path.relpath(preprocess.SAMPLE_NPZ)}, beats rebuilt from MIT-BIH records).")
-    data_flags = ["--data-dir", args.data_dir] + (["--sample"] if sample else [])
-    workers.rank0_first(lambda: step("data", preprocess.main, data_flags))
+    if cache_only:
+        if workers.rank == 0:
+            print(f"No Kaggle CSVs in {args.data_dir}/: using the cache "
+                  f"{preprocess.cache_path(args.data_dir)} as it is (data digest "
+                  f"{preprocess.data_sha256(args.data_dir)[:12]}).")
+    else:
+        data_flags = ["--data-dir", args.data_dir] + (["--sample"] if sample else [])
+        workers.rank0_first(lambda: step("data", preprocess.main, data_flags))
     cache = preprocess.load_cache(args.data_dir, sample)
     n_train = 5 * int(np.bincount(cache["Y_train"].numpy()).max())   # one balanced epoch
     per_epoch = min(preset["max_train_samples"] or n_train, n_train)

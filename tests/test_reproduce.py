@@ -153,3 +153,23 @@ def test_cuda_dry_run_prints_the_gpu_estimate_anywhere(tmp_path, capsys):
         assert reproduce.main(tiny) == 2
         assert "CUDA is not available" in capsys.readouterr().err
         assert not (tmp_path / "res").exists()
+
+
+def test_paper_preset_runs_from_the_cache_alone(sample_dir, tmp_path, capsys):
+    """A machine with the full cache but without the Kaggle CSVs (a GPU box the cache was copied
+    to) runs the paper preset from the cache as it is; with neither, it stops naming both."""
+    import shutil
+    import preprocess
+    data = tmp_path / "ecg"
+    data.mkdir()
+    paper = ["paper", "--device", "cpu", "--archs", "mlp", "--data-dir", str(data),
+             "--results-dir", str(tmp_path / "res"), "--dry-run"]
+    assert reproduce.main(paper) == 2
+    assert "put the Kaggle CSVs in" in capsys.readouterr().err
+    shutil.copy(preprocess.cache_path(sample_dir, sample=True), preprocess.cache_path(str(data)))
+    assert reproduce.main(paper) == 0
+    out = capsys.readouterr().out
+    digest = preprocess.data_sha256(sample_dir, sample=True)
+    assert f"using the cache {preprocess.cache_path(str(data))} as it is (data digest {digest[:12]})" in out
+    assert "Plan: 9 models x 1 archs x 1 seeds" in out
+    assert sorted(p.name for p in data.iterdir()) == [preprocess.CACHE_FILE]   # nothing rebuilt
