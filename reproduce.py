@@ -269,13 +269,18 @@ def attack_rates(arch):
     return rates
 
 
+def seed_runs(part, seeds):
+    """How many of `seeds` an attack part of a preset runs on (its "seeds": "all" or a list)."""
+    on = part.get("seeds", "all")
+    return len(seeds) if on == "all" else len([s for s in seeds if s in on])
+
+
 def estimate_attack_minutes(preset, n_test, arch, seeds):
     """An upper bound (no beat leaves early) for the attacks of one arch over `seeds`, for one
     worker on a 2-core CPU, from results/bench/attack_{arch}.json. Returns {attack: minutes}."""
     r = attack_rates(arch)
-    runs = lambda part: len(seeds) if part.get("seeds", "all") == "all" else \
-        len([s for s in seeds if s in part["seeds"]])
-    beats = lambda v: per_arch(v, arch) or n_test
+    runs = functools.partial(seed_runs, seeds=seeds)
+    beats = lambda v: per_arch(v, arch) or n_test         # a subset's size, or the whole split
     pgd, sp, aa, sq = (preset[k] for k in ("pgd", "spsa", "autoattack", "square"))
     seconds = {
         "PGD": len(seeds) * len(attack_pgd.EPS_LIST) * beats(pgd["max_samples"])
@@ -320,9 +325,8 @@ def gpu_task_seconds(preset, cfgs, per_epoch, n_val, n_test, archs, seeds, op_us
             cost(train[(cfg["arch"], cfg["method"])], steps, per_epoch / cfg["batch_size"])
             + cost(unit[(cfg["arch"], "forward")], val, n_val / 4096)))
     batch = counts["settings"]
+    on = functools.partial(seed_runs, seeds=seeds)
     for arch in archs:
-        on = lambda part: len(seeds) if part.get("seeds", "all") == "all" else \
-            len([s for s in seeds if s in part["seeds"]])
         beats = lambda v: per_arch(v, arch) or n_test
         pgd, sp, aa, sq = (preset[k] for k in ("pgd", "spsa", "autoattack", "square"))
         n, models = beats(pgd["max_samples"]), len(preset["models"])
