@@ -2,10 +2,11 @@
 records and their paths, and the one eps sweep that skips only up-to-date results.
 
 A result belongs to the exact checkpoint and data that made it: every result JSON records the
-sha256 of the checkpoint file and the digest of the data (preprocess.data_sha256), the seed and the attack settings. A script
-skips a result only when the file parses, is complete, and its provenance and settings equal
-the run it would do; otherwise it says why and recomputes. Results are written through a hidden
-temp file (`.NAME.json.RANDOM.tmp`, never matched by `*.json`) and renamed.
+sha256 of the checkpoint file and the digest of the data (preprocess.data_sha256), the seed and
+the attack settings. A script skips a result only when the file parses, is complete, and its
+provenance and settings equal the run it would do; otherwise it says why and recomputes.
+Results are written through a hidden temp file (`.NAME.json.RANDOM.tmp`, never matched by
+`*.json`) and renamed.
 
 Used by attack_pgd.py, attack_spsa.py and attack_autoattack.py; not a script of its own.
 """

@@ -5,7 +5,6 @@ recorded the old cache file's sha256, were made from exactly the data a rebuild 
 import glob
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
