@@ -26,13 +26,13 @@ def rebuilt_copy(src_dir, dst_dir, change=None):
         change(cache)
     os.makedirs(dst_dir, exist_ok=True)
     meta = {k: cache["meta"][k] for k in ("source", "inputs_sha256", "inputs")}
-    splits = [(torch.cat([cache["X_train"], cache["X_val"]]).numpy(),
-               torch.cat([cache["Y_train"], cache["Y_val"]]).numpy())]
     # write_cache re-splits train+val with the fixed seed: undo the split first
-    idx = np.arange(len(splits[0][1]))
+    shuffled_x = torch.cat([cache["X_train"], cache["X_val"]]).numpy()
+    shuffled_y = torch.cat([cache["Y_train"], cache["Y_val"]]).numpy()
+    idx = np.arange(len(shuffled_y))
     np.random.RandomState(preprocess.SPLIT_SEED).shuffle(idx)
-    x, y = np.empty_like(splits[0][0]), np.empty_like(splits[0][1])
-    x[idx], y[idx] = splits[0]
+    x, y = np.empty_like(shuffled_x), np.empty_like(shuffled_y)
+    x[idx], y[idx] = shuffled_x, shuffled_y
     preprocess.write_cache(preprocess.cache_path(dst_dir, sample=True), (x, y),
                            (cache["X_test"].numpy(), cache["Y_test"].numpy()), meta)
 
