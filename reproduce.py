@@ -381,12 +381,17 @@ def check_restart_store():
         raise SystemExit(2)
 
 
+WAIT_POLL_S = 20        # how often a worker with only waiting tasks looks again
+
+
 class Workers:
     """This process alone (plain python), or one of torchrun's workers. Under torchrun the
     engine is torch.distributed: a gloo process group (CPU barriers; a CUDA worker uses
     cuda:LOCAL_RANK), each worker torch.set_num_threads(cores // local workers), and work handed
-    out through the group's store: an atomic store.add counter over a phase's task list, so
-    uneven tasks balance themselves. Phases end with a barrier."""
+    out through the group's store: each worker walks the task list in order and claims the
+    first task that is ready and unclaimed (an atomic store.add on the task's key), so uneven
+    tasks balance themselves and an attack starts as soon as its model is trained, while other
+    models still train. Phases end with a barrier."""
 
     def __init__(self):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -412,20 +417,30 @@ class Workers:
             return f"cuda:{self.local_rank % torch.cuda.device_count()}"
         return name
 
-    def run(self, phase, tasks):
-        """Every task once over all workers (in list order: put the longest first)."""
+    def run(self, phase, tasks, ready=lambda task: True):
+        """Every task once over all workers. Order: the list's (put the longest first); a task
+        with ready(task) False (an attack on a model still training) waits, and the worker
+        takes the next ready one meanwhile."""
         if self.world == 1:
             for task in tasks:
+                if not ready(task):
+                    raise RuntimeError(f"{task[0]}: what it needs has not run (a bug)")
                 self.step(*task)
             return
         # every worker built its list from the same files (finished runs are left out) before
-        # any worker starts a task: the lists, and so the counter's indices, agree. The store
-        # is new at every start of the workers (check_restart_store), so the key needs no
-        # attempt number (which torchrun counts per node, not globally).
+        # any worker starts a task: the lists, and so the task keys, agree. The store is new
+        # at every start of the workers (check_restart_store), so the keys need no attempt
+        # number (which torchrun counts per node, not globally).
         self.dist.barrier()
-        key = f"nsr/{phase}"
-        while (i := self.store.add(key, 1) - 1) < len(tasks):
-            self.step(*tasks[i])
+        left = list(range(len(tasks)))
+        while left:
+            i = next((i for i in left if ready(tasks[i])), None)
+            if i is None:                   # only attacks on models other workers still train
+                time.sleep(WAIT_POLL_S)
+                continue
+            left.remove(i)
+            if self.store.add(f"nsr/{phase}/{i}", 1) == 1:        # this worker claimed it
+                self.step(*tasks[i])
         self.dist.barrier()
 
     def step(self, label, fn, argv):
@@ -596,13 +611,13 @@ def main(argv=None):
     if sample and workers.rank == 0:
         print(f"No Kaggle CSVs in {args.data_dir}/: using the committed real sample "
               f"({os.path.relpath(preprocess.SAMPLE_NPZ)}, beats rebuilt from MIT-BIH records).")
+    data_flags = ["--data-dir", args.data_dir] + (["--sample"] if sample else [])
     if cache_only:
         if workers.rank == 0:
             print(f"No Kaggle CSVs in {args.data_dir}/: using the cache "
                   f"{preprocess.cache_path(args.data_dir)} as it is (data digest "
                   f"{preprocess.data_sha256(args.data_dir)[:12]}).")
     else:
-        data_flags = ["--data-dir", args.data_dir] + (["--sample"] if sample else [])
         workers.rank0_first(lambda: step("data", preprocess.main, data_flags))
     cache = preprocess.load_cache(args.data_dir, sample)
     n_train = 5 * int(np.bincount(cache["Y_train"].numpy()).max())   # one balanced epoch
@@ -616,22 +631,19 @@ def main(argv=None):
         workers.close()
         return 0
 
-    # --- training: one task per (arch, method, seed); seed by seed (a finished seed can be
-    # attacked while the next one trains), longest first within a seed
-    tasks = []
+    # --- training: one task per (arch, method, seed), seed by seed, longest first within a seed
+    train_tasks = []
     for cfg in sorted(cfgs, key=lambda c: (c["seed"], -train_estimate_s(c, per_epoch))):
         if finished(cfg):
             print(f"=== train {cfg['name']}: done, skipped")
             continue
         fn = train_nsr.main if cfg["method"] in train_nsr.METHODS else train_baseline.main
         resume = ["--resume"] if os.path.exists(train_baseline.checkpoint_paths(cfg)[0]) else []
-        tasks.append((f"train {cfg['name']}", fn, train_baseline.config_argv(cfg) + resume))
-    if "train" in args.phases:
-        workers.run("train", tasks)
+        train_tasks.append((f"train {cfg['name']}", fn, train_baseline.config_argv(cfg) + resume))
 
-    # --- attacks: one task per (model, attack, eps), dearest first
+    # --- attacks: one task per (model, attack, eps), dearest first; each waits for its model
     attack_dir = os.path.join(results, "attacks")
-    tasks = []
+    attack_tasks_, model_of = [], {}
     for cfg in cfgs:
         if "train" not in args.phases and not finished(cfg):
             # e.g. attacking seed 0 while another command still trains it: a later run does it
@@ -639,9 +651,16 @@ def main(argv=None):
             continue
         target = ["--checkpoint", train_baseline.checkpoint_paths(cfg)[1], "--device",
                   device, "--out-dir", attack_dir, *data_flags]
-        tasks += attack_tasks(preset, cfg, target, args.attacks)
-    if "attack" in args.phases:
-        workers.run("attack", sorted(tasks, key=lambda t: -attack_estimate(t)))
+        for task in attack_tasks(preset, cfg, target, args.attacks):
+            attack_tasks_.append(task)
+            model_of[task[0]] = cfg
+    # one queue: under torchrun a worker done training attacks the models trained so far
+    # while the others still train (no barrier between the phases)
+    queue = ((train_tasks if "train" in args.phases else [])
+             + (sorted(attack_tasks_, key=lambda t: -attack_estimate(t))
+                if "attack" in args.phases else []))
+    workers.run("train+attack", queue,
+                ready=lambda t: t[0] not in model_of or finished(model_of[t[0]]))
 
     # --- report (rank 0)
     if "evaluate" in args.phases and workers.rank == 0:

@@ -128,3 +128,46 @@ def test_max_restarts_on_the_shared_store_is_refused(monkeypatch, capsys):
         reproduce.Workers()
     assert e.value.code == 2
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in capsys.readouterr().err
+
+
+def test_a_worker_attacks_trained_models_while_another_still_trains(monkeypatch):
+    """No barrier between training and attacks: a worker done training takes the first ready
+    task (an attack on a model that is trained), waits only when every task left is an attack
+    on a model another worker still trains, and never runs a task another worker claimed."""
+    import types
+    import reproduce
+
+    class Store:                               # torch.distributed Store.add: add, return total
+        def __init__(self):
+            self.counts = {}
+
+        def add(self, key, n):
+            self.counts[key] = self.counts.get(key, 0) + n
+            return self.counts[key]
+
+    w = reproduce.Workers.__new__(reproduce.Workers)
+    w.world, w.rank, w.attempt, w.done = 2, 0, "0", 0
+    w.store, w.dist = Store(), types.SimpleNamespace(barrier=lambda: None)
+    trained, ran = {"A": False, "B": False}, []
+
+    def task(label, then=None):
+        def fn(argv):
+            ran.append(label)
+            if then:
+                trained[then] = True
+            return 0
+        return (label, fn, [])
+
+    tasks = [task("train A"), task("train B", then="B"), task("attack A 1"), task("attack B"),
+             task("attack A 2")]
+    w.store.add("nsr/p/0", 1)                  # the other worker took "train A"
+
+    def other_worker_finishes_A(seconds):      # meanwhile it trains A, then claims attack A 2
+        assert ran == ["train B", "attack B"], ran
+        trained["A"] = True
+        w.store.add("nsr/p/4", 1)
+
+    monkeypatch.setattr(reproduce.time, "sleep", other_worker_finishes_A)
+    w.run("p", tasks, ready=lambda t: not t[0].startswith("attack") or trained[t[0][7]])
+    assert ran == ["train B", "attack B", "attack A 1"]
+    assert w.store.counts["nsr/p/4"] == 2      # it tried attack A 2 and left it to the other

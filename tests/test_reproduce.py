@@ -173,3 +173,10 @@ def test_paper_preset_runs_from_the_cache_alone(sample_dir, tmp_path, capsys):
     assert f"using the cache {preprocess.cache_path(str(data))} as it is (data digest {digest[:12]})" in out
     assert "Plan: 9 models x 1 archs x 1 seeds" in out
     assert sorted(p.name for p in data.iterdir()) == [preprocess.CACHE_FILE]   # nothing rebuilt
+    # and it runs: train, attack (with the cache's folder as the attacks' data), evaluate
+    tiny = ["--methods", "ce", "--epochs", "1", "--max-train-samples", "256", "--pgd-steps",
+            "2", "--pgd-samples", "25", "--attacks", "pgd"]
+    assert reproduce.main([a for a in paper if a != "--dry-run"] + tiny) == 0
+    results = list((tmp_path / "res" / "attacks").glob("mlp_ce_*.json"))
+    assert len(results) == 6 and (tmp_path / "res" / "report.md").exists()
+    assert sorted(p.name for p in data.iterdir()) == [preprocess.CACHE_FILE]
