@@ -356,7 +356,9 @@ def gpu_task_seconds(preset, cfgs, per_epoch, n_val, n_test, archs, seeds, op_us
 
 def makespan(seconds, workers):
     """Wall time of `seconds` handed out longest first, each to the worker free soonest (what
-    Workers.run's shared counter does with a list sorted dearest first)."""
+    Workers.run's queue does with a list sorted dearest first). Training and attacks are
+    estimated apart, as if a barrier separated them: an upper bound, since the queue lets a
+    worker attack trained models while others still train."""
     import heapq
     free = [0.0] * workers
     for s in sorted(seconds, reverse=True):
