@@ -393,7 +393,7 @@ class Workers:
     out through the group's store: each worker walks the task list in order and claims the
     first task that is ready and unclaimed (an atomic store.add on the task's key), so uneven
     tasks balance themselves and an attack starts as soon as its model is trained, while other
-    models still train. Phases end with a barrier."""
+    models still train. The queue starts and ends with a barrier."""
 
     def __init__(self):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
