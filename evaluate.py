@@ -25,7 +25,7 @@ import json
 import os
 import re
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import matplotlib
 import numpy as np
@@ -198,12 +198,18 @@ def build_table(records, arch, kind):
     by_model = defaultdict(dict)
     for (m, e), r in chosen.items():
         by_model[m][e] = r
-    first_of = {m: pick(list(rs.values())) for m, rs in by_model.items()}
-    models = sorted(by_model, key=lambda m: row_key(first_of[m]["model_config"], arch)[0])
+    models = sorted(by_model, key=lambda m: row_key(pick(list(by_model[m].values()))["model_config"],
+                                                    arch)[0])
     eps_list = sorted({e for _, e in chosen if not (kind == "noise" and e == 0)})
     rows = []
     for m in models:
-        rs, first = by_model[m], first_of[m]
+        # n and clean: from the beat count most of the row's cells share (a worst case at one
+        # eps on the AutoAttack subset, a sanity-check run on its own subset); the cells on
+        # other beats are named in n_other and under the table.
+        rs = by_model[m]
+        counts = Counter(len(r["labels"]) for r in rs.values())
+        n_row = max(counts, key=lambda n: (counts[n], n))
+        first = pick([r for r in rs.values() if len(r["labels"]) == n_row])
         shas = sorted({s for r in rs.values()
                        for s in r.get("checkpoints", [r.get("checkpoint_sha256", "?")])})
         row = {"method": row_key(first["model_config"], arch)[1], "model": m,
@@ -211,7 +217,9 @@ def build_table(records, arch, kind):
                "order": row_key(first["model_config"], arch)[0],
                "checkpoint": " ".join(s[:8] for s in shas),
                "clean_bacc": first["clean"]["balanced_accuracy"], "clean_acc": first["clean"]["accuracy"],
-               "n": len(first["labels"])}
+               "n": n_row, "n_other": "; ".join(f"eps {e:g}: {len(r['labels'])}"
+                                                 for e, r in sorted(rs.items())
+                                                 if len(r["labels"]) != n_row)}
         for e in eps_list:
             r = rs.get(e)
             row[f"bacc_{e:g}"] = r["adversarial"]["balanced_accuracy"] if r else np.nan
@@ -233,6 +241,7 @@ def aggregate(df):
     for group, g in sorted(df.groupby("group", sort=False), key=lambda kv: kv[1]["order"].iloc[0]):
         row = {"method": g["method"].iloc[0], "model": group, "seeds": len(g),
                "seed_list": " ".join(str(s) for s in sorted(g["seed"])), "n": g["n"].iloc[0],
+               "n_other": "; ".join(dict.fromkeys(x for x in g["n_other"] if x)),
                "checkpoint": " ".join(g["checkpoint"])}
         for c in cols:
             v = g[c].astype(float)
@@ -263,6 +272,13 @@ def table_markdown(agg, title):
                                        + ([str(r["seeds"])] if many else [])
                                        + [fmt(r, "clean_bacc")] + [fmt(r, c) for c in eps_cols]
                                        + [f"`{r['checkpoint']}`"]) + " |")
+    other = defaultdict(list)
+    for _, r in agg.iterrows():
+        if r["n_other"]:
+            other[r["n_other"]].append(r["method"])
+    if other:
+        lines += [""] + ["Cells on other beats than the row's n (eps: n): " + "; ".join(
+            f"{o} ({', '.join(ms)})" for o, ms in other.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -752,7 +768,8 @@ def evaluate(results_dir=RESULTS_DIR):
                        "PGD, sign PGD and its restarts, SPSA and the AutoAttack components. "
                        "Cells: balanced accuracy on the beats of the model's largest run at "
                        "that eps, narrowed to the beats the AutoAttack ensemble attacked where "
-                       "it ran (n: their count).", ""]
+                       "it ran (n: the count most cells share; cells on other beats are named "
+                       "under the table).", ""]
         for arch in ARCHS:
             df, chosen = build_table(records + worst + aa, arch, kind)
             if df is None:

@@ -285,3 +285,27 @@ def test_worst_case_lies_on_the_beats_autoattack_attacked(tmp_path):
     worst = pd.read_csv(tmp_path / "tables" / "worst_cnn.csv").set_index("model")
     assert int(worst.loc["cnn_ce", "n"]) == 20
     assert float(worst.loc["cnn_ce", "acc_0.03"]) == pytest.approx(10 / 20)     # not 26/40
+
+
+def test_worst_case_row_n_and_clean_follow_the_cells_not_a_check_subset(tmp_path):
+    """AutoAttack on 20 of 40 beats at eps 0.01 and 0.03, a sanity-check run at eps 1 on all 40:
+    the worst-case row's n and clean are those of the 20 beats its attack cells lie on, and the
+    eps 1 cell (40 beats) is named under the table."""
+    a = tmp_path / "attacks"
+    wrong_outside_aa = [y if i < 20 else (y + 1) % 5 for i, y in enumerate(i % 5 for i in range(40))]
+    for eps in (0.01, 0.03):
+        pgd = result("cnn_ce", "ce", "pgd-paper", eps, 20, n=40)
+        pgd["clean_pred"] = wrong_outside_aa
+        write(a, f"cnn_ce__pgd__eps{eps}.json", pgd)
+        write(a, f"cnn_ce__apgd-ce__eps{eps}.json",
+              result("cnn_ce", "ce", "apgd-ce", eps, 10, n=20, settings=AA_SETTINGS))
+    check = result("cnn_ce", "ce", "pgd-paper", 1.0, 0, n=40, settings={"steps": 20})
+    check["clean_pred"] = wrong_outside_aa
+    write(a, "cnn_ce__eps1__eps1.json", check)
+    assert evaluate.main(["--results-dir", str(tmp_path)]) == 0
+    worst = pd.read_csv(tmp_path / "tables" / "worst_cnn.csv").set_index("model")
+    assert int(worst.loc["cnn_ce", "n"]) == 20
+    assert float(worst.loc["cnn_ce", "clean_acc"]) == pytest.approx(1.0)      # not 20/40
+    assert worst.loc["cnn_ce", "n_other"] == "eps 1: 40"
+    md = (tmp_path / "tables" / "worst_cnn.md").read_text()
+    assert "| CE | 20 |" in md and "eps 1: 40 (CE)" in md
