@@ -198,18 +198,13 @@ def build_table(records, arch, kind):
     by_model = defaultdict(dict)
     for (m, e), r in chosen.items():
         by_model[m][e] = r
-    models = sorted(by_model, key=lambda m: row_key(pick(list(by_model[m].values()))["model_config"],
-                                                    arch)[0])
+    first_of = {m: row_base(rs) for m, rs in by_model.items()}
+    models = sorted(by_model, key=lambda m: row_key(first_of[m]["model_config"], arch)[0])
     eps_list = sorted({e for _, e in chosen if not (kind == "noise" and e == 0)})
     rows = []
     for m in models:
-        # n and clean: from the beat count most of the row's cells share (a worst case at one
-        # eps on the AutoAttack subset, a sanity-check run on its own subset); the cells on
-        # other beats are named in n_other and under the table.
-        rs = by_model[m]
-        counts = Counter(len(r["labels"]) for r in rs.values())
-        n_row = max(counts, key=lambda n: (counts[n], n))
-        first = pick([r for r in rs.values() if len(r["labels"]) == n_row])
+        rs, first = by_model[m], first_of[m]
+        n_row = len(first["labels"])
         shas = sorted({s for r in rs.values()
                        for s in r.get("checkpoints", [r.get("checkpoint_sha256", "?")])})
         row = {"method": row_key(first["model_config"], arch)[1], "model": m,
@@ -226,6 +221,15 @@ def build_table(records, arch, kind):
             row[f"acc_{e:g}"] = r["adversarial"]["accuracy"] if r else np.nan
         rows.append(row)
     return pd.DataFrame(rows), chosen
+
+
+def row_base(cells):
+    """The run a table row takes its n and clean from: of the beat counts of the row's cells
+    (eps -> run), the one most cells share (a worst case on the AutoAttack subset beside a
+    sanity-check run on its own subset); the cells on other beats are named under the table."""
+    counts = Counter(len(r["labels"]) for r in cells.values())
+    n = max(counts, key=lambda k: (counts[k], k))
+    return pick([r for r in cells.values() if len(r["labels"]) == n])
 
 
 def group_of(model):
