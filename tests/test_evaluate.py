@@ -309,3 +309,22 @@ def test_worst_case_row_n_and_clean_follow_the_cells_not_a_check_subset(tmp_path
     assert worst.loc["cnn_ce", "n_other"] == "eps 1: 40"
     md = (tmp_path / "tables" / "worst_cnn.md").read_text()
     assert "| CE | 20 |" in md and "eps 1: 40 (CE)" in md
+
+
+def test_worst_case_counts_a_beat_fooled_at_a_smaller_eps(tmp_path):
+    """A beat PGD fooled at eps 0.1 is fooled at eps 0.15 too (the same perturbation is within
+    0.15), even where only a weaker SPSA ran at 0.15: the worst case never rises with eps. The
+    AutoAttack table (check 9's comparison) stays per eps."""
+    a = tmp_path / "attacks"
+    write(a, "cnn_ce__pgd__eps0.1.json", result("cnn_ce", "ce", "pgd-paper", 0.1, 5))
+    write(a, "cnn_ce__spsa__eps0.15.json", result("cnn_ce", "ce", "spsa", 0.15, 15))
+    write(a, "cnn_ce__apgd-ce__eps0.1.json",
+          result("cnn_ce", "ce", "apgd-ce", 0.1, 12, settings=AA_SETTINGS))
+    write(a, "cnn_ce__apgd-ce__eps0.15.json",
+          result("cnn_ce", "ce", "apgd-ce", 0.15, 12, settings=AA_SETTINGS))
+    assert evaluate.main(["--results-dir", str(tmp_path)]) == 0
+    worst = pd.read_csv(tmp_path / "tables" / "worst_cnn.csv").set_index("model")
+    assert float(worst.loc["cnn_ce", "acc_0.1"]) == pytest.approx(5 / 20)
+    assert float(worst.loc["cnn_ce", "acc_0.15"]) == pytest.approx(5 / 20)     # not 12/20
+    aa = pd.read_csv(tmp_path / "tables" / "autoattack_cnn.csv").set_index("model")
+    assert float(aa.loc["cnn_ce", "acc_0.15"]) == pytest.approx(12 / 20)
