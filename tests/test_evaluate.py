@@ -328,3 +328,19 @@ def test_worst_case_counts_a_beat_fooled_at_a_smaller_eps(tmp_path):
     assert float(worst.loc["cnn_ce", "acc_0.15"]) == pytest.approx(5 / 20)     # not 12/20
     aa = pd.read_csv(tmp_path / "tables" / "autoattack_cnn.csv").set_index("model")
     assert float(aa.loc["cnn_ce", "acc_0.15"]) == pytest.approx(12 / 20)
+
+
+def test_report_names_attack_subsets_smaller_than_the_protocol(tmp_path):
+    """The paper's protocol asks 200 SPSA beats and 500 AutoAttack beats of the CNN: a run on 20
+    is named as smaller, so a shrunk subset never passes for the protocol."""
+    a = tmp_path / "attacks"
+    write(a, "cnn_ce__spsa__eps0.03.json", result("cnn_ce", "ce", "spsa", 0.03, 10))
+    write(a, "cnn_ce__apgd-t__eps0.03.json",
+          result("cnn_ce", "ce", "apgd-t", 0.03, 10, settings=AA_SETTINGS))
+    write(a, "cnn_ce__pgd__eps0.03.json", result("cnn_ce", "ce", "pgd-paper", 0.03, 10))
+    assert evaluate.main(["--results-dir", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert ("- cnn spsa: 20 beats (the paper's protocol asks "
+            f"{5 * reproduce.PRESETS['paper']['spsa']['per_class']['cnn']}: smaller") in report
+    assert "- cnn autoattack: 20 beats (the paper's protocol asks 500: smaller" in report
+    assert "cnn pgd-paper" not in report
