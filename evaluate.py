@@ -712,12 +712,14 @@ def subset_lines(records):
             "autoattack" if r["attack"] in AUTOATTACKS else r["attack"])
         if family in asked:
             beats[(r["arch"], family)].add(len(r["labels"]))
-    lines = []
+    lines, shrunk = [], False
     for (arch, family), ns in sorted(beats.items()):
         want, n = asked[family](arch), max(ns)
-        verdict = ("smaller than the protocol" if n < 0.9 * want else "the protocol's")
+        smaller = n < 0.9 * want
+        shrunk |= smaller
+        verdict = "smaller than the protocol" if smaller else "the protocol's"
         lines.append(f"- {arch} {family}: {n} beats (the paper's protocol asks {want}: {verdict})")
-    if any(l.endswith("smaller than the protocol)") for l in lines):
+    if shrunk:
         lines += ["", "Smaller subsets come from reproduce.py's --spsa-per-class / --aa-samples "
                       "(or the quick preset): the protocol shrinks the CNN's SPSA and AutoAttack "
                       "subsets first, never the MLP's, when its plan exceeds about 10 h on one "
