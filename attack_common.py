@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import arg_number, atomic_write, get_device, load_checkpoint, run_info, sha256_file
+from models import (ModelLoadError, arg_number, atomic_write, files_sha256, get_device,
+                    load_checkpoint, load_user_model, run_info, sha256_file)
 from preprocess import (DATA_DIR, DataError, balanced_subset, cache_path, canonical_data_sha256,
                         classification_metrics, data_sha256, load_cache)
 
@@ -52,18 +53,30 @@ def model_id(ckpt, checkpoint):
     return f"{name}_last" if stem == name else stem
 
 
-def load_target(checkpoint, device, data_dir=DATA_DIR, sample=False, per_class=None):
+def load_target(checkpoint, device, data_dir=DATA_DIR, sample=False, per_class=None, user=None):
     """Model, its checkpoint dict and the test beats to attack (the first `per_class` of each
-    class, or the whole split), with everything a result records about where they came from."""
-    model, ckpt = load_checkpoint(checkpoint, device)
+    class, or the whole split), with everything a result records about where they came from.
+    `user` = {"name", "model", "weights", "torchscript"}: a model written outside this project
+    (models.load_user_model) instead of `checkpoint`; its files' sha256 stand for the
+    checkpoint's, its arch is "user"."""
+    if user is not None:
+        model, files = load_user_model(user.get("model"), user.get("weights"),
+                                       user.get("torchscript"), device)
+        checkpoint = user.get("torchscript") or user["model"]
+        ckpt = {"arch": "user", "config": {"name": user["name"], "method": "user",
+                                           "model_files": files}}
+        sha = files_sha256(files)
+    else:
+        model, ckpt = load_checkpoint(checkpoint, device)
+        sha = sha256_file(checkpoint)
     cache = load_cache(data_dir, sample)
     y = cache["Y_test"].numpy()
     idx = balanced_subset(y, per_class) if per_class else np.arange(len(y))
     return {"model": model, "ckpt": ckpt, "checkpoint": checkpoint,
-            "name": model_id(ckpt, checkpoint),
+            "name": user["name"] if user else model_id(ckpt, checkpoint),
             "x": cache["X_test"][idx].to(device), "y": cache["Y_test"][idx].to(device),
             "idx": idx, "device": device,
-            "checkpoint_sha256": sha256_file(checkpoint),
+            "checkpoint_sha256": sha,
             "data_sha256": data_sha256(data_dir, sample),
             "data": {"cache": os.path.abspath(cache_path(data_dir, sample)), "sample": sample,
                      "per_class": per_class, "source": cache["meta"]["source"]}}
@@ -294,7 +307,14 @@ def eps_arg(text):
 
 
 def add_target_args(p, per_class_default=None):
-    p.add_argument("--checkpoint", required=True, help="a .pt written by train_*.py")
+    p.add_argument("--checkpoint", help="a .pt written by train_*.py")
+    p.add_argument("--model", metavar="FILE.py:FUNCTION",
+                   help="instead of --checkpoint: a model written outside this project, "
+                        "FUNCTION() returns a torch.nn.Module, (N, 187) beats in [0, 1] -> (N, 5) "
+                        "logits (benchmark.py)")
+    p.add_argument("--weights", help="with --model: a state dict file to load into it")
+    p.add_argument("--torchscript", help="instead of --checkpoint: a TorchScript model file")
+    p.add_argument("--name", help="with --model/--torchscript: the run name of its results")
     p.add_argument("--data-dir", default=DATA_DIR, help="where preprocess.py put the cache")
     p.add_argument("--sample", action="store_true", help="attack the committed sample's test set")
     p.add_argument("--max-samples", type=arg_number(int, 5), default=None,
@@ -311,10 +331,18 @@ def open_target(args, per_class=None):
     """load_target from parsed flags; (target, None) or (None, exit code 2) with the message."""
     if args.max_samples:
         per_class = args.max_samples // 5
+    given = [f for f in ("checkpoint", "model", "torchscript") if getattr(args, f)]
+    if len(given) != 1 or (args.weights and not args.model) \
+            or (bool(args.name) != (not args.checkpoint)):
+        print("error: give exactly one of --checkpoint, --model FILE.py:FUNCTION [--weights W] "
+              "and --torchscript FILE, and --name with --model/--torchscript only", file=sys.stderr)
+        return None, 2
+    user = None if args.checkpoint else {"name": args.name, "model": args.model,
+                                         "weights": args.weights, "torchscript": args.torchscript}
     try:
         return load_target(args.checkpoint, get_device(args.device), args.data_dir, args.sample,
-                           per_class), None
-    except (DataError, ValueError, FileNotFoundError, OSError) as e:
+                           per_class, user), None
+    except (DataError, ValueError, FileNotFoundError, OSError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return None, 2
 

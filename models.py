@@ -313,3 +313,98 @@ def load_checkpoint(path, device="cpu", arch=None):
     model = build_model(ckpt["arch"], bias=ckpt["bias"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
+
+
+# ----------------------------------------------------------------------------- outside models
+class ModelLoadError(Exception):
+    """A user's model (benchmark.py, attack_*.py --model/--torchscript) that cannot be loaded;
+    the message names the file and what is wrong."""
+
+
+def _import_builder(spec):
+    """`path/to/file.py:function` -> the function (imported from that file)."""
+    import importlib.util
+    import traceback
+    path, sep, fn_name = spec.rpartition(":")
+    if not sep or not path or not fn_name:
+        raise ModelLoadError(f"--model {spec!r}: expected FILE.py:FUNCTION, e.g. my_model.py:build")
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"--model {spec!r}: the file {path} does not exist")
+    mod_name = "user_model_" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
+    try:
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    except BaseException as e:         # SyntaxError, ImportError, SystemExit, anything it raises
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+        line = f" (line {where.lineno})" if where and where.filename == path else ""
+        raise ModelLoadError(f"--model: {path} does not import{line}: "
+                             f"{type(e).__name__}: {e}") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ModelLoadError(f"--model: {path} has no function {fn_name!r}")
+    return fn
+
+
+def _state_dict_of(obj, path):
+    """A state dict from a weights file: a plain state dict, or a dict holding one under
+    'state_dict' or 'model' (this project's checkpoints, most training scripts')."""
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            return obj[key]
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise ModelLoadError(f"--weights {path}: no state dict in it (expected a dict of tensors, or "
+                         f"one under 'state_dict' or 'model')")
+
+
+def load_user_model(spec=None, weights=None, torchscript=None, device="cpu"):
+    """An ECG model written outside this project, in eval mode on `device`:
+    `spec` = FILE.py:FUNCTION whose call returns a torch.nn.Module (optionally with `weights`,
+    a state dict file), or `torchscript` = a torch.jit.save'd file. Returns (model, files):
+    files maps each file the model came from to its sha256 (the result's provenance)."""
+    if (spec is None) == (torchscript is None):
+        raise ModelLoadError("give exactly one of --model FILE.py:FUNCTION and --torchscript FILE")
+    if torchscript is not None:
+        if not os.path.isfile(torchscript):
+            raise ModelLoadError(f"--torchscript {torchscript} does not exist")
+        try:
+            model = torch.jit.load(torchscript, map_location=device)
+        except Exception as e:
+            raise ModelLoadError(f"--torchscript {torchscript} is not a TorchScript file "
+                                 f"({type(e).__name__}: {e})") from None
+        return model.eval(), {os.path.abspath(torchscript): sha256_file(torchscript)}
+    fn = _import_builder(spec)
+    path = spec.rpartition(":")[0]
+    try:
+        model = fn()
+    except Exception as e:
+        raise ModelLoadError(f"--model {spec}: calling it failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"--model {spec} returned {type(model).__name__}, not a "
+                             f"torch.nn.Module")
+    files = {os.path.abspath(path): sha256_file(path)}
+    if weights is not None:
+        if not os.path.isfile(weights):
+            raise ModelLoadError(f"--weights {weights} does not exist")
+        try:
+            obj = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ModelLoadError(f"--weights {weights} does not load with torch.load "
+                                 f"(weights_only): {type(e).__name__}: {e}") from None
+        try:
+            model.load_state_dict(_state_dict_of(obj, weights))
+        except RuntimeError as e:
+            raise ModelLoadError(f"--weights {weights} does not fit the model of {spec}: "
+                                 f"{' '.join(str(e).split())[:500]}") from None
+        files[os.path.abspath(weights)] = sha256_file(weights)
+    return model.to(device).eval(), files
+
+
+def files_sha256(files):
+    """One sha256 for a model made of several files (its code and its weights)."""
+    if len(files) == 1:
+        return next(iter(files.values()))
+    return hashlib.sha256("".join(sorted(files.values())).encode()).hexdigest()

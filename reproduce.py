@@ -517,17 +517,22 @@ def build_parser():
                    help="the GPU estimate's assumed overhead per aten op, microseconds")
     p.add_argument("--gpu-tflops", type=arg_number(float, 0, lo_open=True), default=GPU_TFLOPS,
                    help="the GPU estimate's assumed float32 throughput, TFLOP/s")
-    # overrides of the preset (the tests use tiny values); default: the preset's
+    add_override_args(p)
+    return p
+
+
+def add_override_args(p, training=True):
+    """Flags that override the preset's budgets (the tests use tiny values); default: the
+    preset's. benchmark.py takes the attack ones (training=False)."""
     positive = arg_number(int, 1)
-    for flag, what in (("--epochs", "epochs"), ("--max-train-samples", "samples per epoch"),
-                       ("--pgd-steps", "paper PGD steps"),
+    train = [("--epochs", "epochs"), ("--max-train-samples", "samples per epoch")] if training else []
+    for flag, what in (*train, ("--pgd-steps", "paper PGD steps"),
                        ("--pgd-samples", "beats for PGD, noise and AutoAttack"),
                        ("--spsa-steps", "SPSA iterations"), ("--spsa-dirs", "SPSA directions"),
                        ("--spsa-per-class", "SPSA beats per class"),
                        ("--aa-samples", "beats for AutoAttack and Square"),
                        ("--aa-steps", "APGD/FAB iterations"), ("--square-queries", "Square queries")):
         p.add_argument(flag, type=positive, default=None, help=what)
-    return p
 
 
 OVERRIDES = {"epochs": (None, "epochs"), "max_train_samples": (None, "max_train_samples"),
@@ -537,13 +542,13 @@ OVERRIDES = {"epochs": (None, "epochs"), "max_train_samples": (None, "max_train_
              "aa_steps": ("autoattack", "steps"), "square_queries": ("square", "n_queries")}
 
 
-def preset_from_args(args):
-    """The preset with the command line's overrides applied."""
-    preset = json.loads(json.dumps(PRESETS[args.preset]))
-    if args.methods:
+def preset_from_args(args, preset=None):
+    """The preset (default: PRESETS[args.preset]) with the command line's overrides applied."""
+    preset = json.loads(json.dumps(preset or PRESETS[args.preset]))
+    if getattr(args, "methods", None):
         preset["models"] = [m for m in preset["models"] if m[0] in args.methods]
     for key, (section, field) in OVERRIDES.items():
-        v = getattr(args, key)
+        v = getattr(args, key, None)
         if v is not None:
             (preset if section is None else preset[section])[field] = v
     if args.pgd_samples is not None:
