@@ -1,5 +1,4 @@
-"""Benchmark your own ECG heartbeat model: the evaluation behind results/paper, one command, and
-a leaderboard row beside the paper's nine methods.
+"""Benchmark your own ECG heartbeat model under the evaluation behind results/paper, ranked beside the paper's methods.
 
     python benchmark.py --model my_model.py:build --weights my_weights.pt --name mynet
     python benchmark.py --torchscript mynet.pt --name mynet
@@ -23,8 +22,9 @@ eps; APGD-CE, APGD-T, FAB-T (100 steps) and Square (5,000 queries) on the 961 ba
 committed MLP rows were attacked on; SPSA on 810 beats; the sanity-check runs and white noise;
 each result one JSON in results/benchmark/NAME/attacks/ in the format of every attack here (its
 provenance: the model files' and data's sha256), skipped when up to date, so a rerun resumes.
---quick: the same attacks on 50 beats per class, Square with 1,000 queries, SPSA at eps 0.03 and
-0.1 with 256 directions (minutes for a small model on a CPU). The expected time is printed before it starts.
+--quick: the same attacks on 50 beats per class, the AutoAttack ensemble and Square (1,000
+queries) at eps 0.01-0.1 only, SPSA at eps 0.03 and 0.1 with 256 directions (minutes for a small
+model on a CPU). The expected time is printed before it starts.
 
 Last, the leaderboard: the model's per-beat worst case over every attack (evaluate.worst_case)
 and its paper-PGD row beside the committed rows of results/paper (mean over training seeds),
@@ -54,16 +54,14 @@ RANK_EPS = 0.03                    # the leaderboard's sort key: worst-case bala
 BUDGET_ARCH = "mlp"                # the preset's per-arch values taken: the MLP rows' (961 beats)
 # --quick: the paper's attacks and budgets on fewer beats; SPSA lighter
 QUICK = {"pgd": {"max_samples": 250}, "pgd_check": {"max_samples": 250},
-         "autoattack": {"max_samples": 250}, "square": {"max_samples": 250, "n_queries": 1000},
+         "autoattack": {"max_samples": 250, "eps": [0.01, 0.03, 0.05, 0.1]},
+         "square": {"max_samples": 250, "n_queries": 1000, "eps": [0.01, 0.03, 0.05, 0.1]},
          "noise": {"max_samples": 250},
          "spsa": {"per_class": 10, "n_dirs": 256, "eps": [0.03, 0.1], "shards": 1}}
 CHECK_BATCH = 64                   # beats the model checks run on
 PROB_TOL = 1e-4                    # rows of non-negative outputs summing to 1 within this
 RAND_TOL = 1e-5                    # two calls in eval mode may differ by this (relative)
-# the attacks' own seconds per iteration (per target for APGD-T/FAB-T, per beat and direction
-# for SPSA), beside the model's: measured with the MLP on this project's 2-core CPU (--quick)
-OVERHEAD_S = {"pgd": 0.002, "apgd-ce": 0.033, "apgd-t": 0.016, "fab-t": 0.052, "square": 0.0065,
-              "spsa": 3.5e-6}
+CALIBRATE_STEPS = 3                # iterations of each attack timed for the estimate
 
 
 # ----------------------------------------------------------------------------- the model
@@ -179,54 +177,55 @@ def beats(y, max_samples):
     return len(y) if not max_samples else len(balanced_subset(y, max_samples // 5))
 
 
-def estimate_s(preset, kinds, y, per_beat):
-    """Seconds per attack kind, upper bounds (every step of every beat; fooled beats stop
-    early): the model's measured seconds per beat for a forward (f) and a forward + backward
-    (fb), plus each attack's own cost per iteration (OVERHEAD_S)."""
+def estimate_s(model, x, y, preset, kinds, steps=CALIBRATE_STEPS):
+    """Seconds per attack kind, upper bounds: each attack is run for a few iterations on the
+    beats it will attack (PGD on up to 512 of them, SPSA on 5) and timed, then scaled to its
+    full budget as if no beat were fooled early (fooled beats stop early)."""
+    import attack_autoattack
+    import attack_pgd
+    import attack_spsa
     pa = lambda v: reproduce.per_arch(v, BUDGET_ARCH)
-    f, fb, o = per_beat["forward"], per_beat["forward_backward"], OVERHEAD_S
+    y_np = y.cpu().numpy()
+    on = lambda m: [t[torch.as_tensor(balanced_subset(y_np, m // 5) if m else np.arange(len(y)),
+                                      device=x.device)] for t in (x, y)]
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
     pgd, chk, sp = preset["pgd"], preset["pgd_check"], preset["spsa"]
     aa, sq = preset["autoattack"], preset["square"]
-    n_main, n_chk = beats(y, pgd["max_samples"]), beats(y, chk.get("max_samples", pgd["max_samples"]))
     n_eps = len(reproduce.DEFAULT_EPS["attack_pgd"])
-    check_steps = (pgd["steps"] if n_chk != n_main else 0) + chk["steps"] * (2 + chk["sign_restarts"])
-    n_aa, n_sq = beats(y, pa(aa["max_samples"])), beats(y, pa(sq["max_samples"]))
-    aa_steps = lambda a: aa["steps"] * n_eps * (1 if a == "apgd-ce" else N_CLASSES - 1)
-    n_spsa = min(len(y), 5 * pa(sp["per_class"])) * sp["steps"] * 2 * sp["n_dirs"] * len(pa(sp["eps"]))
-    s = {"pgd": pgd["steps"] * n_eps * (n_main * fb + o["pgd"]),
-         "checks": (check_steps * 2 + chk["steps"]) * (n_chk * fb + o["pgd"]),
-         "noise": beats(y, preset["noise"]["max_samples"])
-         * len(reproduce.DEFAULT_EPS["attack_pgd-noise"]) * f,
-         "autoattack": sum(aa_steps(a) * (n_aa * fb * (2 if a == "fab-t" else 1) + o[a])
-                           for a in aa["attacks"]),
-         "square": sq["n_queries"] * len(pa(sq["eps"]) or reproduce.DEFAULT_EPS["attack_autoattack"])
-         * (n_sq * f + o["square"]),
-         "spsa": n_spsa * (f + o["spsa"])}
-    return {k: v for k, v in s.items() if k in kinds}
-
-
-def time_per_beat(model, x, repeats=3):
-    """Median seconds per beat of a forward (batch 1024) and a forward + backward (batch 256)."""
-    def median(fn, n):
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts)) / n
-    xf, xb = x[:1024], x[:256]
-
-    def fwd():
-        with torch.no_grad():
-            model(xf)
-
-    def fwd_bwd():
-        xg = xb.clone().requires_grad_(True)
-        torch.autograd.grad(model(xg).sum(), xg)
-    return {"forward": median(fwd, len(xf)), "forward_backward": median(fwd_bwd, len(xb))}
+    aa_eps, sq_eps = len(pa(aa.get("eps")) or reproduce.DEFAULT_EPS["attack_autoattack"]), \
+        len(pa(sq["eps"]) or reproduce.DEFAULT_EPS["attack_autoattack"])
+    s = {}
+    xp, yp = on(pgd["max_samples"])
+    n_chk = len(on(chk.get("max_samples", pgd["max_samples"]))[1])
+    per_beat_step = timed(lambda: attack_pgd.pgd_batch(model, xp[:512], yp[:512], 0.03, steps,
+                                                       0.01, early_stop=False)) / steps / len(yp[:512])
+    if "pgd" in kinds:
+        s["pgd"] = per_beat_step * len(yp) * pgd["steps"] * n_eps
+    if "checks" in kinds:
+        chk_steps = (pgd["steps"] if n_chk != len(yp) else 0) + chk["steps"] * (2 + chk["sign_restarts"])
+        s["checks"] = per_beat_step * n_chk * (2 * chk_steps + chk["steps"])
+    if "noise" in kinds:
+        s["noise"] = timed(lambda: predict(model, xp)) * len(reproduce.DEFAULT_EPS["attack_pgd-noise"])
+    if "autoattack" in kinds:
+        xa, ya = on(pa(aa["max_samples"]))
+        s["autoattack"] = sum(timed(lambda a=a: attack_autoattack.autoattack(
+            model, xa, ya, a, 0.03, steps=steps)) / steps for a in aa["attacks"]) \
+            * aa["steps"] * aa_eps
+    if "square" in kinds:
+        xq, yq = on(pa(sq["max_samples"]))
+        s["square"] = timed(lambda: attack_autoattack.autoattack(
+            model, xq, yq, "square", 0.03, n_queries=5 * steps)) / (5 * steps) \
+            * sq["n_queries"] * sq_eps
+    if "spsa" in kinds:
+        xs, ys = on(5)
+        n_spsa = len(balanced_subset(y_np, pa(sp["per_class"])))
+        s["spsa"] = timed(lambda: attack_spsa.spsa_attack(model, xs, ys, 0.03, 1, sp["n_dirs"])) \
+            / len(ys) * n_spsa * sp["steps"] * len(pa(sp["eps"]))
+    return s
 
 
 def hms(s):
@@ -334,7 +333,7 @@ def plot_leaderboard(df, path, name):
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[2:8]))
+                                epilog="\n".join(__doc__.split("\n")[1:6]))
     src = p.add_argument_group("the model (one of)")
     src.add_argument("--model", metavar="FILE.py:FUNCTION",
                      help="FUNCTION() returns a torch.nn.Module: (N, 187) beats -> (N, 5) logits")
@@ -353,7 +352,8 @@ def get_args_parser():
     p.add_argument("--data-dir", default=DATA_DIR, help="where preprocess.py put the cache")
     p.add_argument("--sample", action="store_true",
                    help="the committed real sample's test beats (tests; not comparable)")
-    p.add_argument("--out-dir", default=OUT_DIR, help="results go to OUT_DIR/NAME/")
+    p.add_argument("--out-dir", default=OUT_DIR,
+                   help="results go to OUT_DIR/NAME/ (--quick: OUT_DIR/NAME/quick/)")
     p.add_argument("--compare-dir", default=COMPARE_DIR,
                    help="the results folder whose rows the leaderboard shows")
     reproduce.add_override_args(p, training=False)
@@ -382,7 +382,7 @@ def run(args):
         return fail(str(e))
     x_test, y_test = cache["X_test"].to(device), cache["Y_test"].to(device)
     y_np = cache["Y_test"].numpy()
-    out = os.path.join(args.out_dir, name, "quick" if args.quick else "")
+    out = os.path.join(args.out_dir, name, *(["quick"] if args.quick else []))
     attack_dir = os.path.join(out, "attacks")
     digest = data_sha256(args.data_dir, args.sample)
     preset = suite(args)
@@ -400,11 +400,10 @@ def run(args):
             print(f"WARNING: {args.checkpoint} was trained on other data (digest "
                   f"{prov['data_trained_on'][:12]}) than {args.data_dir} holds ({digest[:12]})")
         clean = classification_metrics(y_np, predict(model, x_test).cpu().numpy())
-        per_beat = time_per_beat(model, x_test)
-        est = estimate_s(preset, args.attacks, y_np, per_beat)
         print(f"\n{name}: clean balanced accuracy {clean['balanced_accuracy']:.4f} on the whole "
-              f"test split ({len(y_np)} beats); {1e6 * per_beat['forward_backward']:.0f} us per "
-              f"beat forward+backward, {1e6 * per_beat['forward']:.1f} us forward.")
+              f"test split ({len(y_np)} beats). Timing a few iterations of each attack...",
+              flush=True)
+        est = estimate_s(model, x_test, y_test, preset, args.attacks)
         print(f"Plan ({'--quick' if args.quick else 'the paper preset'}, on {workers.world} "
               f"worker(s)); expected at most, one worker: "
               + ", ".join(f"{k} {hms(v)}" for k, v in est.items())

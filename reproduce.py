@@ -117,7 +117,8 @@ def attack_tasks(preset, cfg, target, kinds=ATTACK_KINDS):
     if on_seed(aa):
         tasks.append(("autoattack", f"AutoAttack {name}", attack_autoattack.main,
                       target + n(aa["max_samples"]) + ["--steps", str(aa["steps"]),
-                                                       "--attacks", *aa["attacks"]],
+                                                       "--attacks", *aa["attacks"]]
+                      + eps(aa.get("eps")),
                       aa.get("shards", 1)))
     if on_seed(sq):
         tasks.append(("square", f"Square {name}", attack_autoattack.main,

@@ -150,3 +150,38 @@ def test_leaderboard_ranks_a_committed_model_as_its_own_row():
     col = df["worst_0.03"].tolist()
     assert col == sorted(col, reverse=True)
     assert df.attrs["same_beats"]
+
+
+def test_torchscript_model_is_the_same_model(weights, sample_dir, tmp_path, capsys):
+    """--torchscript loads a scripted copy: same checks, same clean accuracy as --model."""
+    model = load("plain")
+    model.load_state_dict(torch.load(weights))
+    ts = tmp_path / "plain_ts.pt"
+    torch.jit.script(model.eval()).save(str(ts))
+    common = ["--data-dir", sample_dir, "--sample", "--out-dir", str(tmp_path), "--dry-run",
+              "--device", "cpu"]
+    assert benchmark.main(["--torchscript", str(ts), *common]) == 0
+    a = re.search(r"clean balanced accuracy (\S+)", capsys.readouterr().out).group(1)
+    assert benchmark.main(["--model", f"{MODELS}:plain", "--weights", weights, *common]) == 0
+    b = re.search(r"clean balanced accuracy (\S+)", capsys.readouterr().out).group(1)
+    assert a == b
+
+
+def test_attack_scripts_take_an_outside_model(weights, sample_dir, tmp_path, capsys):
+    """attack_pgd.py --model/--weights/--name writes a result named after --name, keyed to the
+    sha256 of both files; a wrong combination of flags exits 2 saying what to give."""
+    import attack_pgd
+    from models import sha256_file
+    base = ["--data-dir", sample_dir, "--sample", "--max-samples", "25", "--steps", "3",
+            "--eps", "0.03", "--out-dir", str(tmp_path), "--device", "cpu"]
+    assert attack_pgd.main(["--model", f"{MODELS}:plain", "--weights", weights, "--name",
+                            "mine", *base]) == 0
+    (path,) = glob.glob(str(tmp_path / "mine__*.json"))
+    r = json.load(open(path))
+    assert r["model"] == "mine" and r["arch"] == "user"
+    assert set(r["model_config"]["model_files"].values()) == {sha256_file(weights),
+                                                              sha256_file(MODELS)}
+    capsys.readouterr()
+    assert attack_pgd.main(["--model", f"{MODELS}:plain", *base]) == 2      # no --name
+    assert attack_pgd.main(["--weights", weights, "--name", "x", *base]) == 2
+    assert "give exactly one of --checkpoint" in capsys.readouterr().err
