@@ -13,6 +13,7 @@ Used by attack_pgd.py, attack_spsa.py and attack_autoattack.py; not a script of 
 import argparse
 import glob
 import json
+import math
 import os
 import sys
 import time
@@ -70,6 +71,13 @@ def load_target(checkpoint, device, data_dir=DATA_DIR, sample=False, per_class=N
         model, ckpt = load_checkpoint(checkpoint, device)
         sha = sha256_file(checkpoint)
     cache = load_cache(data_dir, sample)
+    digest = data_sha256(data_dir, sample)
+    trained_on = (ckpt.get("data") or {}).get("sha256") if user is None else None
+    if trained_on and canonical_data_sha256(trained_on) != digest:
+        print(f"WARNING: {checkpoint} was trained on other data (digest "
+              f"{canonical_data_sha256(trained_on)[:12]}) than it is attacked on "
+              f"({cache_path(data_dir, sample)}, digest {digest[:12]}): evaluate.py leaves "
+              "such results out", file=sys.stderr)
     y = cache["Y_test"].numpy()
     idx = balanced_subset(y, per_class) if per_class else np.arange(len(y))
     return {"model": model, "ckpt": ckpt, "checkpoint": checkpoint,
@@ -77,7 +85,7 @@ def load_target(checkpoint, device, data_dir=DATA_DIR, sample=False, per_class=N
             "x": cache["X_test"][idx].to(device), "y": cache["Y_test"][idx].to(device),
             "idx": idx, "device": device,
             "checkpoint_sha256": sha,
-            "data_sha256": data_sha256(data_dir, sample),
+            "data_sha256": digest,
             "data": {"cache": os.path.abspath(cache_path(data_dir, sample)), "sample": sample,
                      "per_class": per_class, "source": cache["meta"]["source"]}}
 
@@ -144,6 +152,16 @@ def read_result(path):
         raise ValueError(f"incomplete: missing fields {missing}")
     if not isinstance(r["eps"], (int, float)) or isinstance(r["eps"], bool):
         raise ValueError(f"eps is {r['eps']!r}, not a number")
+    if not math.isfinite(r["eps"]):
+        raise ValueError(f"eps is {r['eps']!r}, not a finite number")
+    for key in ("indices", "labels", "clean_pred", "adv_pred"):
+        if not isinstance(r[key], list) or not all(type(v) is int for v in r[key]):
+            raise ValueError(f"{key} is not a list of integers")
+    for key in ("checkpoint_sha256", "data_sha256", "model", "attack"):
+        if not isinstance(r[key], str):
+            raise ValueError(f"{key} is {r[key]!r}, not a string")
+    if not isinstance(r["settings"], dict):
+        raise ValueError(f"settings is {r['settings']!r}, not a mapping")
     if not (len(r["indices"]) == len(r["labels"]) == len(r["adv_pred"]) == len(r["clean_pred"])):
         raise ValueError("indices, labels, clean_pred and adv_pred differ in length")
     return r

@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from attack_autoattack import ATTACKS as AUTOATTACKS  # noqa: E402
 from attack_common import read_result  # noqa: E402
-from models import CLASS_NAMES, atomic_write, git_commit  # noqa: E402
+from models import CLASS_NAMES, atomic_write, git_commit, sha256_file  # noqa: E402
 from preprocess import (canonical_data_sha256, classification_metrics, data_digest,  # noqa: E402
                         read_cache)
 from train_baseline import paper_config  # noqa: E402
@@ -66,6 +66,10 @@ def load_results(attack_dir):
     for path in sorted(glob.glob(os.path.join(attack_dir, "*.json"))):
         try:
             r = read_result(path)
+            # the tables use metrics recomputed from the per-beat labels and predictions, never
+            # the stored summary (a hand-edited or stale summary cannot show)
+            r["clean"] = classification_metrics(r["labels"], r["clean_pred"])
+            r["adversarial"] = classification_metrics(r["labels"], r["adv_pred"])
         except ValueError as e:
             print(f"WARNING: skipped {path}: {e}")
             skipped.append(path)
@@ -73,6 +77,52 @@ def load_results(attack_dir):
         r["path"] = path
         records.append(r)
     return records, skipped
+
+
+def checkpoint_identity(path):
+    """(sha256, data digest it was trained on or None, why it cannot vouch or None)."""
+    if not os.path.exists(path):
+        return None, None, f"its checkpoint {path} is not on disk"
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        data = (ck.get("data") or {}).get("sha256")
+    except Exception as e:
+        return None, None, f"its checkpoint {path} does not load ({type(e).__name__})"
+    return sha256_file(path), data and canonical_data_sha256(data), None
+
+
+def vouch(records, ckpt_dir, keep_stale=False):
+    """Match every result against the checkpoint now in ckpt_dir under its name: one made from
+    a checkpoint since retrained or replaced (other sha256), or on other data than that
+    checkpoint was trained on, is left out (keep_stale: kept, its row marked). A result whose
+    checkpoint is not on disk (a results folder copied without checkpoints/) is kept and named.
+    Returns (records kept, [(path, why)] left out or marked, [(path, why)] unverified)."""
+    ids, kept, stale, unverified = {}, [], [], []
+    for r in records:
+        if r.get("arch") not in ARCHS:       # benchmark.py's outside models: keyed to their files
+            kept.append(r)
+            continue
+        path = os.path.join(ckpt_dir, os.path.basename(str(r.get("checkpoint", ""))))
+        if path not in ids:
+            ids[path] = checkpoint_identity(path)
+        sha, data, why = ids[path]
+        if why is not None:
+            unverified.append((r["path"], why))
+            kept.append(r)
+            continue
+        if sha != r["checkpoint_sha256"]:
+            why = (f"made from checkpoint {r['checkpoint_sha256'][:12]}, but {path} is now "
+                   f"{sha[:12]} (retrained or replaced: re-run the attack)")
+        elif data is not None and data != canonical_data_sha256(r["data_sha256"]):
+            why = (f"made on data {r['data_sha256'][:12]}, but {path} was trained on "
+                   f"{data[:12]}")
+        if why is None:
+            kept.append(r)
+            continue
+        stale.append((r["path"], why))
+        if keep_stale:
+            kept.append(dict(r, stale=why))
+    return kept, stale, unverified
 
 
 def load_histories(ckpt_dir):
@@ -185,6 +235,7 @@ def worst_case(records, attacks=None, name="worst", nested=True):
                     "attack": name, "eps": eps, "settings": {"eps": eps},
                     "sources": [os.path.basename(r["path"]) for r in fooling],
                     "checkpoint_sha256": base["checkpoint_sha256"],
+                    "stale": next((r["stale"] for r in fooling if r.get("stale")), None),
                     "checkpoints": sorted({r["checkpoint_sha256"] for r in fooling}),
                     "indices": keep, "labels": y, "adv_pred": p,
                     "clean_pred": c, "adversarial": classification_metrics(y, p),
@@ -214,7 +265,8 @@ def build_table(records, arch, kind):
         n_row = len(first["labels"])
         shas = sorted({s for r in rs.values()
                        for s in r.get("checkpoints", [r.get("checkpoint_sha256", "?")])})
-        row = {"method": row_key(first["model_config"], arch)[1], "model": m,
+        stale = " STALE" if any(r.get("stale") for r in rs.values()) else ""
+        row = {"method": row_key(first["model_config"], arch)[1] + stale, "model": m,
                "group": group_of(m), "seed": first["model_config"].get("seed", 0),
                "order": row_key(first["model_config"], arch)[0],
                "checkpoint": " ".join(s[:8] for s in shas),
@@ -777,8 +829,15 @@ def data_line(records):
             "cache): " + ", ".join(f"`{d[:12]}` ({n} results)" for d, n in counts.items()) + ".")
 
 
-def evaluate(results_dir=RESULTS_DIR):
+def evaluate(results_dir=RESULTS_DIR, keep_stale=False):
     records, skipped = load_results(os.path.join(results_dir, "attacks"))
+    records, stale, unverified = vouch(records, os.path.join(results_dir, "checkpoints"),
+                                       keep_stale)
+    for p, why in stale:
+        print(f"WARNING: {'marked' if keep_stale else 'left out'} {p}: {why}")
+    if unverified:
+        print(f"note: {len(unverified)} results could not be checked against their "
+              f"checkpoint, e.g. {unverified[0][0]}: {unverified[0][1]}")
     histories = load_histories(os.path.join(results_dir, "checkpoints"))
     worst = worst_case(records)
     tables_dir, fig_dir = os.path.join(results_dir, "tables"), os.path.join(results_dir, "figures")
@@ -793,6 +852,14 @@ def evaluate(results_dir=RESULTS_DIR):
               "attacked and count with their clean prediction.", ""]
     if skipped:
         report += ["Skipped (corrupt or foreign): " + ", ".join(f"`{p}`" for p in skipped), ""]
+    if stale:
+        report += [f"**Warning**: {len(stale)} results no longer match the checkpoint or data "
+                   f"now on disk and are {'shown, marked STALE,' if keep_stale else 'left out'}"
+                   ": " + "; ".join(f"`{os.path.basename(p)}` ({why})" for p, why in stale), ""]
+    if unverified:
+        report += [f"**Warning**: {len(unverified)} results could not be checked against their "
+                   "checkpoint (" + "; ".join(sorted({why for _, why in unverified})[:5])
+                   + "): their checkpoint sha256 is in the tables' checkpoint column.", ""]
     report += [compute_line(records, histories), "", data_line(records), ""]
     report += training_section(histories)
     aa = worst_case(records, AUTOATTACKS, "autoattack", nested=False)
@@ -863,12 +930,15 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--results-dir", default=RESULTS_DIR,
                    help="holds attacks/ (and checkpoints/); tables, figures, report.md go there")
+    p.add_argument("--keep-stale", action="store_true",
+                   help="show results whose checkpoint was since retrained or replaced (or made "
+                        "on other data), marked STALE, instead of leaving them out")
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.results_dir, "attacks")):
         print(f"error: no attack results in {args.results_dir}/attacks: run attack_pgd.py or "
               "attack_spsa.py first", file=sys.stderr)
         return 2
-    path, records, _ = evaluate(args.results_dir)
+    path, records, _ = evaluate(args.results_dir, args.keep_stale)
     print(f"wrote {path} ({len(records)} results)")
     return 0
 

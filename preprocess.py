@@ -30,8 +30,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.signal import resample_poly
-from sklearn.metrics import (balanced_accuracy_score, confusion_matrix,
-                             precision_score, recall_score)
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
@@ -441,20 +439,30 @@ def balanced_subset(y, per_class):
 
 
 def classification_metrics(y_true, y_pred):
-    """METHOD.md 2's headline: balanced accuracy (mean per-class sensitivity), plus the rest."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labels = list(range(N_CLASSES))
-    with warnings.catch_warnings():  # "y_pred contains classes not in y_true" is expected
-        warnings.simplefilter("ignore")
-        bacc = float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else float("nan")
+    """METHOD.md 2's headline: balanced accuracy (mean per-class sensitivity over the classes
+    present in y_true, as sklearn's balanced_accuracy_score), plus the rest, from the confusion
+    matrix in numpy (evaluate.py recomputes every stored result's metrics: sklearn's per-call
+    overhead made that take a minute; tests/test_data.py checks it equals sklearn)."""
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
+    bad = (y_true < 0) | (y_true >= N_CLASSES) | (y_pred < 0) | (y_pred >= N_CLASSES)
+    if bad.any():
+        raise ValueError(f"labels and predictions must be classes 0-{N_CLASSES - 1}")
+    confusion = np.bincount(y_true * N_CLASSES + y_pred,
+                            minlength=N_CLASSES * N_CLASSES).reshape(N_CLASSES, N_CLASSES)
+    support, predicted, hits = confusion.sum(1), confusion.sum(0), np.diag(confusion)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity = np.where(support > 0, hits / support, 0.0)
+        precision = np.where(predicted > 0, hits / predicted, 0.0)
+    present = support > 0
     return {
-        "balanced_accuracy": bacc,
-        "accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan"),
-        "sensitivity": recall_score(y_true, y_pred, labels=labels, average=None,
-                                    zero_division=0).tolist(),
-        "precision": precision_score(y_true, y_pred, labels=labels, average=None,
-                                     zero_division=0).tolist(),
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "balanced_accuracy": float(np.mean(sensitivity[present])) if len(y_true) else float("nan"),
+        "accuracy": float(hits.sum() / len(y_true)) if len(y_true) else float("nan"),
+        "sensitivity": sensitivity.tolist(),
+        "precision": precision.tolist(),
+        "confusion": confusion.tolist(),
         "n": int(len(y_true)),
     }
 

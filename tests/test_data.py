@@ -227,6 +227,30 @@ def test_metrics_balanced_accuracy_is_mean_sensitivity():
     assert np.array(m["confusion"]).sum() == 500
 
 
+@pytest.mark.parametrize("missing", [[], [3], [1, 3]])
+def test_metrics_equal_sklearn(missing):
+    """The numpy metrics equal sklearn's, classes absent from the labels or predictions too."""
+    from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, precision_score,
+                                 recall_score)
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 300)
+    y = y[~np.isin(y, missing)]
+    p = np.where(rng.random(len(y)) < 0.6, y, rng.integers(0, 5, len(y)))
+    m = preprocess.classification_metrics(y, p)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p), abs=1e-15)
+    labels = list(range(5))
+    assert m["sensitivity"] == pytest.approx(recall_score(y, p, labels=labels, average=None,
+                                                          zero_division=0).tolist())
+    assert m["precision"] == pytest.approx(precision_score(y, p, labels=labels, average=None,
+                                                           zero_division=0).tolist())
+    assert m["confusion"] == confusion_matrix(y, p, labels=labels).tolist()
+    with pytest.raises(ValueError, match="classes 0-4"):
+        preprocess.classification_metrics([0, 1], [0, 7])
+
+
 # --- the real rebuild from raw records
 @pytest.mark.slow
 @needs_mitdb

@@ -344,3 +344,67 @@ def test_report_names_attack_subsets_smaller_than_the_protocol(tmp_path):
             f"{5 * reproduce.PRESETS['paper']['spsa']['per_class']['cnn']}: smaller") in report
     assert "- cnn autoattack: 20 beats (the paper's protocol asks 500: smaller" in report
     assert "cnn pgd-paper" not in report
+
+
+# --- the report vouches for what it shows (a result matches the checkpoint and data on disk)
+def _checkpoint(d, seed, data_sha):
+    from models import build_model, save_checkpoint
+    torch.manual_seed(seed)
+    path = os.path.join(d, "checkpoints", "mlp_ce_s0_best.pt")
+    save_checkpoint(path, build_model("mlp"), None, 1,
+                    {"method": "ce", "arch": "mlp", "name": "mlp_ce_s0", "seed": 0}, [],
+                    data={"sha256": data_sha})
+    return path
+
+
+def _attack(d, ckpt, sample_dir):
+    import attack_pgd
+    assert attack_pgd.main(["--checkpoint", ckpt, "--sample", "--data-dir", sample_dir,
+                            "--max-samples", "25", "--steps", "3", "--eps", "0.03",
+                            "--out-dir", os.path.join(d, "attacks"), "--device", "cpu"]) == 0
+
+
+def test_results_of_a_retrained_checkpoint_are_left_out(sample_dir, tmp_path, capsys):
+    from preprocess import data_sha256
+    d = str(tmp_path)
+    ckpt = _checkpoint(d, 0, data_sha256(sample_dir, True))
+    _attack(d, ckpt, sample_dir)
+    evaluate.main(["--results-dir", d])
+    assert "| CE | 25 |" in open(os.path.join(d, "tables", "pgd_mlp.md")).read()
+    capsys.readouterr()
+    _checkpoint(d, 1, data_sha256(sample_dir, True))          # retrained under the same name
+    evaluate.main(["--results-dir", d])
+    out = capsys.readouterr().out
+    assert "WARNING: left out" in out and "retrained or replaced" in out
+    report = open(os.path.join(d, "report.md")).read()
+    assert "MLP: not run." in report and "left out" in report
+    evaluate.main(["--results-dir", d, "--keep-stale"])
+    assert "| CE STALE | 25 |" in open(os.path.join(d, "tables", "pgd_mlp.md")).read()
+
+
+def test_results_on_other_data_than_trained_on(sample_dir, tmp_path, capsys):
+    d = str(tmp_path)
+    ckpt = _checkpoint(d, 0, "0" * 64)                      # trained on other data
+    _attack(d, ckpt, sample_dir)
+    assert "was trained on other data" in capsys.readouterr().err     # said at attack time
+    evaluate.main(["--results-dir", d])
+    out = capsys.readouterr().out
+    assert "WARNING: left out" in out and "was trained on 000000000000" in out
+
+
+def test_tables_recompute_metrics_and_refuse_bad_fields(tmp_path, capsys):
+    clean_set(str(tmp_path))
+    a = os.path.join(str(tmp_path), "attacks")
+    path = os.path.join(a, "cnn_ce__pgd__eps0.03.json")
+    r = json.load(open(path))
+    r["adversarial"]["balanced_accuracy"] = 0.99               # a hand-edited summary
+    write(a, "cnn_ce__pgd__eps0.03.json", r)
+    bad = dict(r, adv_pred=["x"] * len(r["adv_pred"]))
+    write(a, "cnn_ce__bad__eps0.05.json", dict(bad, eps=0.05))
+    write(a, "cnn_ce__nan__eps0.05.json", dict(r, eps=float("nan")))
+    evaluate.main(["--results-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "cnn_ce__bad__eps0.05.json: adv_pred is not a list of integers" in out
+    assert "cnn_ce__nan__eps0.05.json: eps is nan, not a finite number" in out
+    table = pd.read_csv(os.path.join(str(tmp_path), "tables", "pgd_cnn.csv"))
+    assert table.loc[table["model"] == "cnn_ce", "bacc_0.03"].item() == pytest.approx(0.6)
