@@ -256,6 +256,16 @@ def build_table(records, arch, kind):
     by_model = defaultdict(dict)
     for (m, e), r in chosen.items():
         by_model[m][e] = r
+    # a row is one protocol: a cell from a run with other settings than the row's (the eps-1
+    # sanity-check run beside the paper's PGD-100) is left out of the row and named under it
+    other = {}
+    for m, rs in by_model.items():
+        proto = run_settings(row_base(rs))
+        off = {e: r for e, r in rs.items() if run_settings(r) != proto}
+        for e in off:
+            del rs[e]
+            del chosen[(m, e)]
+        other[m] = "; ".join(f"eps {e:g}: {settings_text(r, proto)}" for e, r in sorted(off.items()))
     first_of = {m: row_base(rs) for m, rs in by_model.items()}
     models = sorted(by_model, key=lambda m: row_key(first_of[m]["model_config"], arch)[0])
     eps_list = sorted({e for _, e in chosen if not (kind == "noise" and e == 0)})
@@ -273,13 +283,21 @@ def build_table(records, arch, kind):
                "clean_bacc": first["clean"]["balanced_accuracy"], "clean_acc": first["clean"]["accuracy"],
                "n": n_row, "n_other": "; ".join(f"eps {e:g}: {len(r['labels'])}"
                                                  for e, r in sorted(rs.items())
-                                                 if len(r["labels"]) != n_row)}
+                                                 if len(r["labels"]) != n_row),
+               "other_settings": other[m]}
         for e in eps_list:
             r = rs.get(e)
             row[f"bacc_{e:g}"] = r["adversarial"]["balanced_accuracy"] if r else np.nan
             row[f"acc_{e:g}"] = r["adversarial"]["accuracy"] if r else np.nan
         rows.append(row)
     return pd.DataFrame(rows), chosen
+
+
+def settings_text(r, proto):
+    """How a run's settings differ from a row's protocol, e.g. 'steps 20 (row: 100)'."""
+    s = run_settings(r)
+    return ", ".join(f"{k} {s.get(k, '-')} (row: {proto.get(k, '-')})"
+                     for k in sorted(set(s) | set(proto)) if s.get(k) != proto.get(k))
 
 
 def row_base(cells):
@@ -305,6 +323,7 @@ def aggregate(df):
         row = {"method": g["method"].iloc[0], "model": group, "seeds": len(g),
                "seed_list": " ".join(str(s) for s in sorted(g["seed"])), "n": g["n"].iloc[0],
                "n_other": "; ".join(dict.fromkeys(x for x in g["n_other"] if x)),
+               "other_settings": "; ".join(dict.fromkeys(x for x in g["other_settings"] if x)),
                "checkpoint": " ".join(g["checkpoint"])}
         for c in cols:
             v = g[c].astype(float)
@@ -342,6 +361,14 @@ def table_markdown(agg, title):
     if other:
         lines += [""] + ["Cells on other beats than the row's n (eps: n): " + "; ".join(
             f"{o} ({', '.join(ms)})" for o, ms in other.items()) + "."]
+    off = defaultdict(list)
+    for _, r in agg.iterrows():
+        if r.get("other_settings"):
+            off[r["other_settings"]].append(r["method"])
+    if off:
+        lines += [""] + ["Runs with other settings than the row's, left out of it (see the "
+                         "sanity checks): " + "; ".join(f"{o} ({', '.join(ms)})"
+                                                        for o, ms in off.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
