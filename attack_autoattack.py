@@ -27,7 +27,7 @@ from tqdm import tqdm
 from attack_common import (add_target_args, eps_arg, open_target, parser, predict, run_sweep,
                            shard_arg)
 from attack_pgd import EPS_LIST
-from models import N_CLASSES, N_SAMPLES, arg_number, tune_malloc
+from models import N_CLASSES, N_SAMPLES, arg_number, run_cli, tune_malloc
 
 ATTACKS = ["apgd-ce", "apgd-t", "fab-t", "square"]
 STEPS = 100              # APGD and FAB iterations (AutoAttack standard)
@@ -139,4 +139,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

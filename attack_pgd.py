@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from attack_common import (SEED, add_target_args, eps_arg, open_target, parser, predict,
                            run_sweep)
-from models import arg_number, tune_malloc
+from models import arg_number, run_cli, tune_malloc
 
 EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]                         # METHOD.md 5
 NOISE_EPS_LIST = [0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -194,4 +194,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from attack_common import (add_target_args, eps_arg, open_target, parser, predict, run_sweep,
                            shard_arg)
 from attack_pgd import adamax_ascent_, margin, uniform_start
-from models import arg_number, model_arch, tune_malloc
+from models import arg_number, model_arch, run_cli, tune_malloc
 
 EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]     # METHOD.md 5
 PER_CLASS = 162            # the first 162 test beats of each class: 810
@@ -172,4 +172,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -25,8 +25,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from losses import margin_loss, mse_loss
-from models import (arg_number, atomic_write, build_model, get_device, run_info, set_seed,
-                    tune_malloc)
+from models import (arg_number, atomic_write, build_model, get_device, run_cli, run_info,
+                    set_seed, tune_malloc)
 from preprocess import DATA_DIR, balanced_epoch_indices, balanced_subset, load_cache
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
@@ -413,4 +413,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -44,7 +44,7 @@ import torch
 import reproduce
 from attack_common import predict
 from models import (ModelLoadError, N_CLASSES, N_SAMPLES, atomic_write, files_sha256,
-                    get_device, load_checkpoint, load_user_model, run_info, sha256_file)
+                    get_device, load_checkpoint, load_user_model, run_cli, run_info, sha256_file)
 from preprocess import (DATA_DIR, DataError, balanced_subset, canonical_data_sha256,
                         classification_metrics, data_sha256, load_cache)
 
@@ -480,4 +480,4 @@ def fail(msg):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from attack_autoattack import ATTACKS as AUTOATTACKS  # noqa: E402
 from attack_common import read_result  # noqa: E402
-from models import CLASS_NAMES, atomic_write, git_commit, sha256_file  # noqa: E402
+from models import CLASS_NAMES, atomic_write, git_commit, run_cli, sha256_file  # noqa: E402
 from preprocess import (canonical_data_sha256, classification_metrics, data_digest,  # noqa: E402
                         read_cache)
 from train_baseline import paper_config  # noqa: E402
@@ -856,7 +856,7 @@ def data_line(records):
             "cache): " + ", ".join(f"`{d[:12]}` ({n} results)" for d, n in counts.items()) + ".")
 
 
-def evaluate(results_dir=RESULTS_DIR, keep_stale=False):
+def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None):
     records, skipped = load_results(os.path.join(results_dir, "attacks"))
     records, stale, unverified = vouch(records, os.path.join(results_dir, "checkpoints"),
                                        keep_stale)
@@ -867,7 +867,8 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False):
               f"checkpoint, e.g. {unverified[0][0]}: {unverified[0][1]}")
     histories = load_histories(os.path.join(results_dir, "checkpoints"))
     worst = worst_case(records)
-    tables_dir, fig_dir = os.path.join(results_dir, "tables"), os.path.join(results_dir, "figures")
+    out_dir = out_dir or results_dir
+    tables_dir, fig_dir = os.path.join(out_dir, "tables"), os.path.join(out_dir, "figures")
     os.makedirs(tables_dir, exist_ok=True)
     os.makedirs(fig_dir, exist_ok=True)
     report = ["# NSR robustness: evaluation report", "",
@@ -947,7 +948,7 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False):
             print(f"WARNING: sanity check {name} FAILED: {detail}")
     report += ["", "## Attack subsets against the paper's protocol", ""] + subset_lines(records)
     report += ["", "## Settings behind the numbers", ""] + settings_lines(records) + [""]
-    path = os.path.join(results_dir, "report.md")
+    path = os.path.join(out_dir, "report.md")
     atomic_write(path, lambda t: open(t, "w").write("\n".join(report)))
     return path, records, worst
 
@@ -960,15 +961,27 @@ def main(argv=None):
     p.add_argument("--keep-stale", action="store_true",
                    help="show results whose checkpoint was since retrained or replaced (or made "
                         "on other data), marked STALE, instead of leaving them out")
+    p.add_argument("--out-dir", default=None,
+                   help="where tables/, figures/ and report.md go (default: the results dir)")
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.results_dir, "attacks")):
         print(f"error: no attack results in {args.results_dir}/attacks: run attack_pgd.py or "
               "attack_spsa.py first", file=sys.stderr)
         return 2
-    path, records, _ = evaluate(args.results_dir, args.keep_stale)
+    out = args.out_dir or args.results_dir
+    for d in (out, os.path.join(out, "tables"), os.path.join(out, "figures")):
+        try:                   # a probe write: os.access says yes to root on a read-only folder
+            os.makedirs(d, exist_ok=True)
+            atomic_write(os.path.join(d, "probe"), lambda t: None)
+            os.remove(os.path.join(d, "probe"))
+        except OSError as e:
+            print(f"error: cannot write the report under {d} ({type(e).__name__}: "
+                  f"{e.strerror or e}): give --out-dir DIR", file=sys.stderr)
+            return 2
+    path, records, _ = evaluate(args.results_dir, args.keep_stale, args.out_dir)
     print(f"wrote {path} ({len(records)} results)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

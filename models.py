@@ -17,6 +17,7 @@ import math
 import os
 import random
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -308,10 +309,21 @@ def load_checkpoint(path, device="cpu", arch=None):
                          f"project ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
         raise ValueError(f"checkpoint {path} is not a checkpoint of this project")
+    missing = [k for k in ("bias", "config") if k not in ckpt]
+    if missing or not isinstance(ckpt["config"], dict):
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing) or 'a config dict'}: not a "
+                         "complete checkpoint of this project")
+    if ckpt["arch"] not in ARCHS:
+        raise ValueError(f"checkpoint {path} holds arch {ckpt['arch']!r}: choose from "
+                         f"{', '.join(ARCHS)}")
     if arch is not None and ckpt["arch"] != arch:
         raise ValueError(f"checkpoint {path} holds arch {ckpt['arch']!r}, expected {arch!r}")
     model = build_model(ckpt["arch"], bias=ckpt["bias"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ValueError(f"checkpoint {path}: its weights do not fit the {ckpt['arch']} model "
+                         f"({' '.join(str(e).split())[:300]})") from None
     return model.to(device).eval(), ckpt
 
 
@@ -408,3 +420,16 @@ def files_sha256(files):
     if len(files) == 1:
         return next(iter(files.values()))
     return hashlib.sha256("".join(sorted(files.values())).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- CLI exit
+def run_cli(main):
+    """sys.exit(main()) for a script: Ctrl-C ends it with one line and exit code 130. Every
+    finished result and checkpoint was written atomically and is kept; rerun to resume."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {os.path.basename(sys.argv[0])} stopped; finished results and "
+              "checkpoints are kept, and the same command resumes", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -33,7 +33,7 @@ from scipy.signal import resample_poly
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from models import CLASS_NAMES, N_CLASSES, N_SAMPLES, atomic_write, memo_per_file
+from models import CLASS_NAMES, N_CLASSES, N_SAMPLES, atomic_write, memo_per_file, run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -485,6 +485,10 @@ def main(argv=None):
         p.error("--make-sample needs --wfdb DIR")
     if args.records and not args.wfdb:
         p.error("--records needs --wfdb DIR")
+    dup = sorted({r for r in args.records or [] if args.records.count(r) > 1})
+    if dup:
+        p.error(f"--records names {', '.join(dup)} more than once (a duplicated record would put "
+                "copies of its beats in both the training and the test split)")
     try:
         path, built = prepare(args.data_dir, args.wfdb, args.sample, args.force, args.records)
         cache = load_cache(args.data_dir, args.sample)
@@ -504,4 +508,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -40,7 +40,7 @@ import evaluate
 import preprocess
 import train_baseline
 import train_nsr
-from models import arg_number, get_device, tune_malloc
+from models import arg_number, get_device, run_cli, tune_malloc
 
 BENCH_TRAIN = "results/bench/train.json"
 DEFAULT_EPS = {"attack_pgd": attack_pgd.EPS_LIST, "attack_pgd-noise": attack_pgd.NOISE_EPS_LIST,
@@ -590,8 +590,42 @@ def print_plan(preset, args, cfgs, workers, per_epoch, n_val, n_test, device, re
                   f"{hours(tr)}, attacks {hours(at)}, total {hours(tr + at)}")
 
 
+def check_args(p, args):
+    """Refuse what would silently plan the wrong thing (argparse's exit 2, naming the flag)."""
+    for flag, values in (("--seeds", args.seeds), ("--archs", args.archs),
+                         ("--methods", args.methods or []), ("--phases", args.phases),
+                         ("--attacks", args.attacks)):
+        dup = sorted({str(v) for v in values if values.count(v) > 1})
+        if dup:
+            p.error(f"{flag} names {', '.join(dup)} more than once")
+    if args.methods:
+        known = {m for m, _ in PRESETS[args.preset]["models"]}
+        missing = [m for m in args.methods if m not in known]
+        if missing:
+            p.error(f"--methods {' '.join(missing)}: not in the {args.preset} preset (it trains "
+                    f"{', '.join(sorted(known))})")
+
+
+def dry_run_cache(data_dir, sample):
+    """The split sizes a dry run plans with, read without writing anything: the cache as it is,
+    else the committed sample's arrays, else the Kaggle CSVs."""
+    path = preprocess.cache_path(data_dir, sample)
+    if os.path.exists(path):
+        return preprocess.load_cache(data_dir, sample)
+    if sample:
+        train, test = preprocess.read_sample()
+    else:
+        train = preprocess.read_beats_csv(os.path.join(data_dir, preprocess.TRAIN_CSV))
+        test = preprocess.read_beats_csv(os.path.join(data_dir, preprocess.TEST_CSV))
+    (_, y_train), (_, y_val) = preprocess.split_train_val(*train)
+    return {"Y_train": torch.as_tensor(y_train), "Y_val": torch.as_tensor(y_val),
+            "Y_test": torch.as_tensor(test[1])}
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
     preset = preset_from_args(args)
     results = args.results_dir or preset["results"]
     t_start = time.perf_counter()
@@ -625,9 +659,10 @@ def main(argv=None):
             print(f"No Kaggle CSVs in {args.data_dir}/: using the cache "
                   f"{preprocess.cache_path(args.data_dir)} as it is (data digest "
                   f"{preprocess.data_sha256(args.data_dir)[:12]}).")
-    else:
+    elif not args.dry_run:               # a dry run writes and rebuilds nothing
         workers.rank0_first(lambda: step("data", preprocess.main, data_flags))
-    cache = preprocess.load_cache(args.data_dir, sample)
+    cache = dry_run_cache(args.data_dir, sample) if args.dry_run else \
+        preprocess.load_cache(args.data_dir, sample)
     n_train = 5 * int(np.bincount(cache["Y_train"].numpy()).max())   # one balanced epoch
     per_epoch = min(preset["max_train_samples"] or n_train, n_train)
     ckpt_dir = os.path.join(results, "checkpoints")
@@ -680,4 +715,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

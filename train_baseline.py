@@ -26,8 +26,8 @@ from tqdm import tqdm
 from attack_common import predict
 from attack_pgd import pgd_batch
 from losses import decoupled_decay_, jacobian_loss_from_logits, margin_loss, mse_loss
-from models import (arg_number, build_model, get_device, load_checkpoint, save_checkpoint,
-                    tune_malloc)
+from models import (arg_number, build_model, get_device, load_checkpoint, run_cli,
+                    save_checkpoint, tune_malloc)
 from preprocess import (DATA_DIR, DataError, balanced_epoch_indices, cache_path,
                         canonical_data_sha256, classification_metrics, data_sha256, load_cache)
 
@@ -381,4 +381,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

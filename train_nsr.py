@@ -12,6 +12,7 @@ regulariser's per-sample input gradients come from one double-backward pass (los
 import sys
 
 from losses import alignment_loss_from_logits, margin_loss, mse_loss, nsr_loss_from_logits
+from models import run_cli
 from train_baseline import main_for
 
 ARCH = "cnn"
@@ -42,4 +43,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -424,3 +424,35 @@ def test_unwritable_result_folder_exits_2(checkpoint, sample_dir, tmp_path, caps
                             "--eps", "0.05", "--steps", "2", "--max-samples", "5", "--device",
                             "cpu", "--out-dir", str(tmp_path / "file" / "attacks")]) == 2
     assert "cannot write results" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda c: c.pop("config"), "lacks config"),
+    (lambda c: c.update(arch="cnn"), "its weights do not fit the cnn model"),
+    (lambda c: c.update(arch="rnn"), "holds arch 'rnn'")])
+def test_edited_checkpoints_exit_2_without_traceback(edit, words, checkpoint, tmp_path, capsys):
+    c = torch.load(checkpoint, weights_only=True)
+    edit(c)
+    bad = tmp_path / "edited.pt"
+    torch.save(c, bad)
+    assert attack_pgd.main(["--checkpoint", str(bad), "--device", "cpu"]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130_with_one_line(sample_dir, tmp_path):
+    """SIGINT during a run: no traceback, one line, exit 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_baseline.py"), "--arch",
+                          "mlp", "--method", "ce", "--sample", "--data-dir", sample_dir,
+                          "--epochs", "50", "--out-dir", str(tmp_path), "--device", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert p.stdout.readline().startswith("training ")          # in the training loop
+    time.sleep(1)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "interrupted: train_baseline.py stopped" in err

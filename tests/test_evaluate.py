@@ -422,3 +422,13 @@ def test_a_row_is_one_protocol(tmp_path):
     assert "eps 1: steps 20 (row: 100)" in md
     report = open(os.path.join(str(tmp_path), "report.md")).read()
     assert "**PASS** 5." in report
+
+
+def test_unwritable_report_folder_is_named_and_out_dir_works(tmp_path, capsys):
+    clean_set(str(tmp_path))
+    (tmp_path / "tables").write_text("a file where the tables folder goes")
+    assert evaluate.main(["--results-dir", str(tmp_path)]) == 2
+    assert f"cannot write the report under {tmp_path / 'tables'}" in capsys.readouterr().err
+    out = tmp_path / "elsewhere"
+    assert evaluate.main(["--results-dir", str(tmp_path), "--out-dir", str(out)]) == 0
+    assert (out / "report.md").exists() and (out / "tables" / "pgd_cnn.md").exists()

@@ -180,3 +180,32 @@ def test_paper_preset_runs_from_the_cache_alone(sample_dir, tmp_path, capsys):
     results = list((tmp_path / "res" / "attacks").glob("mlp_ce_*.json"))
     assert len(results) == 6 and (tmp_path / "res" / "report.md").exists()
     assert sorted(p.name for p in data.iterdir()) == [preprocess.CACHE_FILE]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--seeds", "0", "0"], "--seeds names 0 more than once"),
+    (["--methods", "mse"], "--methods mse: not in the quick preset"),
+    (["--archs", "mlp", "mlp"], "--archs names mlp more than once")])
+def test_quiet_inputs_are_refused(extra, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["quick", "--data-dir", str(tmp_path / "ecg"), "--dry-run", *extra])
+    assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_dry_run_writes_and_rebuilds_nothing(tmp_path, capsys):
+    """A dry run on a fresh clone plans from the committed sample without building its cache,
+    and creates no folder."""
+    argv = ["quick", "--device", "cpu", "--archs", "mlp", "--data-dir", str(tmp_path / "ecg"),
+            "--results-dir", str(tmp_path / "res"), "--dry-run"]
+    assert reproduce.main(argv) == 0
+    assert "Plan: 5 models x 1 archs x 1 seeds" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_duplicate_records_are_refused(tmp_path, capsys):
+    import preprocess
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(["--wfdb", str(tmp_path), "--records", "100", "101", "100",
+                         "--data-dir", str(tmp_path / "ecg")])
+    assert e.value.code == 2 and "--records names 100 more than once" in capsys.readouterr().err
+    assert not (tmp_path / "ecg").exists()
