@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from models import (ModelLoadError, arg_number, atomic_write, files_sha256, get_device,
-                    load_checkpoint, load_user_model, run_info, sha256_file)
+                    hold_folder, load_checkpoint, load_user_model, release_folder, run_info,
+                    sha256_file)
 from preprocess import (DATA_DIR, DataError, balanced_subset, cache_path, canonical_data_sha256,
                         classification_metrics, data_sha256, load_cache)
 
@@ -102,6 +103,10 @@ def count_zero_input_grad(model, x, y, batch_size=4096):
 
 
 # ----------------------------------------------------------------------------- records
+class FolderBusy(OSError):
+    pass
+
+
 def result_path(out_dir, name, tag, eps):
     return os.path.join(out_dir, f"{name}__{tag}__eps{eps:g}.json")
 
@@ -227,6 +232,17 @@ def sweep(target, eps_list, attack, tag, settings_for, run_attack, out_dir=OUT_D
     os.makedirs(out_dir, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"{out_dir} is not writable")
+    busy = hold_folder(out_dir)          # one writer per results folder
+    if busy:
+        raise FolderBusy(busy)
+    try:
+        return _sweep(target, eps_list, tag, settings_for, run_attack, attack, out_dir, force,
+                      shard)
+    finally:
+        release_folder(out_dir)
+
+
+def _sweep(target, eps_list, tag, settings_for, run_attack, attack, out_dir, force, shard):
     clean_stale_temps(out_dir)
     paths = []
     for eps in eps_list:
@@ -265,13 +281,20 @@ def shard_result(target, path, attack, settings, run_attack, eps, shard, force):
     key = {"checkpoint_sha256": target["checkpoint_sha256"], "data_sha256": target["data_sha256"],
            "settings": core_settings(settings), "indices": np.asarray(target["idx"]).tolist()}
 
-    def load(j):
+    def load(j, say=False):
+        if not os.path.exists(shard_path(path, j, k)):
+            return None
         try:
             s = torch.load(shard_path(path, j, k), weights_only=True)
             recorded = dict(s["key"], data_sha256=canonical_data_sha256(s["key"]["data_sha256"]))
-            return s if recorded == key else None
         except Exception:
+            recorded, s = None, None
+        if recorded != key:
+            if say:
+                print(f"shard {j + 1}/{k} of {path} is stale (another checkpoint, data, settings "
+                      f"or beats, or unreadable): rerun it with --shard {j + 1}/{k}")
             return None
+        return s
     if force or load(i) is None:
         pos = np.asarray(positions_of(i, k))
         t0 = time.perf_counter()
@@ -280,7 +303,7 @@ def shard_result(target, path, attack, settings, run_attack, eps, shard, force):
                 "x_adv": x_adv.cpu(), "wall_s": time.perf_counter() - t0}
         atomic_write(shard_path(path, i, k), lambda tmp: torch.save(part, tmp))
         print(f"shard {i + 1}/{k} of {path}: {len(pos)} beats")
-    parts = [load(j) for j in range(k)]
+    parts = [load(j, say=j != i) for j in range(k)]
     if any(p is None for p in parts):
         return
     x_adv = target["x"].clone()
@@ -313,6 +336,9 @@ def run_sweep(*args, **kwargs):
     writable."""
     try:
         sweep(*args, **kwargs)
+    except FolderBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"error: cannot write results: {e}", file=sys.stderr)
         return 2

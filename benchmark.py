@@ -44,7 +44,8 @@ import torch
 import reproduce
 from attack_common import predict
 from models import (ModelLoadError, N_CLASSES, N_SAMPLES, atomic_write, files_sha256,
-                    get_device, load_checkpoint, load_user_model, run_cli, run_info, sha256_file)
+                    get_device, load_checkpoint, load_user_model, release_folder, run_cli,
+                    run_info, sha256_file)
 from preprocess import (DATA_DIR, DataError, balanced_subset, canonical_data_sha256,
                         classification_metrics, data_sha256, load_cache)
 
@@ -412,11 +413,18 @@ def run(args):
         workers.close()
         return 0
 
+    busy = reproduce.hold_run_folders(workers, [attack_dir])
+    if busy:
+        workers.close()
+        return fail(busy)
     cfg = {"arch": BUDGET_ARCH, "seed": 0, "name": name}
     tasks = reproduce.attack_tasks(preset, cfg, target_flags(args, name, device, attack_dir),
                                    args.attacks)
     t0 = time.perf_counter()
-    workers.run("benchmark", sorted(tasks, key=lambda t: -reproduce.attack_estimate(t)))
+    try:
+        workers.run("benchmark", sorted(tasks, key=lambda t: -reproduce.attack_estimate(t)))
+    finally:
+        release_folder(attack_dir)
     workers.close()
     if workers.rank != 0:
         return 0

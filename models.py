@@ -433,3 +433,60 @@ def run_cli(main):
               "checkpoints are kept, and the same command resumes", file=sys.stderr)
         code = 130
     sys.exit(code)
+
+
+# ----------------------------------------------------------------------------- one writer
+LOCK_DIR = os.path.join(tempfile.gettempdir(), "nsr-ecg-locks")   # not in the results folders
+LOCK_ENV = "NSR_RESULTS_LOCKS"     # folders a torchrun worker's rank 0 holds for the whole run
+_HELD = {}                         # realpath -> [open file holding its flock, holds]
+
+
+def hold_folder(folder):
+    """Take this results folder for this process (an exclusive flock on a lock file named by
+    the folder's real path, in LOCK_DIR, so nothing is added to the folder itself; held until
+    release_folder, or the process's end): None, or the message naming the run that holds it.
+    Re-entrant in one process (counted); a torchrun worker whose rank 0 holds it (LOCK_ENV)
+    shares it as one run. The same folder spelled another way (./, a symlink, relative) is the
+    same lock."""
+    import fcntl
+    os.makedirs(folder, exist_ok=True)
+    real = os.path.realpath(folder)
+    if real in os.environ.get(LOCK_ENV, "").split(os.pathsep):
+        return None
+    if real in _HELD:
+        _HELD[real][1] += 1
+        return None
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    f = open(os.path.join(LOCK_DIR, hashlib.sha256(real.encode()).hexdigest()[:20] + ".lock"),
+             "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        return (f"{folder} is in use by another run ({holder}): wait for it to finish, or give "
+                "this run another results folder")
+    f.seek(0)
+    f.truncate()
+    cmd = " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]) if sys.argv else "python"
+    f.write(f"pid {os.getpid()}: {cmd}"[:300])
+    f.flush()
+    _HELD[real] = [f, 1]
+    return None
+
+
+def release_folder(folder):
+    """Undo one hold_folder of this process; the lock goes with the last."""
+    held = _HELD.get(os.path.realpath(folder))
+    if held is not None:
+        held[1] -= 1
+        if held[1] == 0:
+            held[0].close()
+            del _HELD[os.path.realpath(folder)]
+
+
+def share_folders(folders):
+    """A torchrun worker (rank > 0) of a run whose rank 0 holds `folders`."""
+    held = [p for p in os.environ.get(LOCK_ENV, "").split(os.pathsep) if p]
+    os.environ[LOCK_ENV] = os.pathsep.join(held + [os.path.realpath(f) for f in folders])

@@ -40,7 +40,8 @@ import evaluate
 import preprocess
 import train_baseline
 import train_nsr
-from models import arg_number, get_device, run_cli, tune_malloc
+from models import (arg_number, get_device, hold_folder, release_folder, run_cli, share_folders,
+                    tune_malloc)
 
 BENCH_TRAIN = "results/bench/train.json"
 DEFAULT_EPS = {"attack_pgd": attack_pgd.EPS_LIST, "attack_pgd-noise": attack_pgd.NOISE_EPS_LIST,
@@ -455,6 +456,16 @@ class Workers:
         step(f"{label}" + (f" [rank {self.rank}]" if self.world > 1 else ""), fn, argv)
         self.done += 1
 
+    def agree(self, fn):
+        """fn() on rank 0 (None or an error message); its answer on every worker."""
+        msg = fn() if self.rank == 0 else None
+        if self.world > 1:
+            if self.rank == 0:
+                self.store.set("nsr/agree", msg or "")
+            else:
+                msg = self.store.get("nsr/agree").decode() or None     # waits for rank 0
+        return msg
+
     def rank0_first(self, fn):
         """fn() on rank 0, then the others (e.g. building the data cache once)."""
         if self.rank == 0:
@@ -606,6 +617,22 @@ def check_args(p, args):
                     f"{', '.join(sorted(known))})")
 
 
+def hold_run_folders(workers, folders):
+    """Rank 0 takes the folders (models.hold_folder), the other workers share them: None, or
+    the message naming the run that holds one."""
+    def hold_all():
+        for i, f in enumerate(folders):
+            busy = hold_folder(f)
+            if busy:
+                for g in folders[:i]:
+                    release_folder(g)
+                return busy
+    busy = workers.agree(hold_all)
+    if not busy and workers.rank > 0:
+        share_folders(folders)
+    return busy
+
+
 def dry_run_cache(data_dir, sample):
     """The split sizes a dry run plans with, read without writing anything: the cache as it is,
     else the committed sample's arrays, else the Kaggle CSVs."""
@@ -638,7 +665,22 @@ def main(argv=None):
             return 2
     workers = Workers()
     device = workers.device(args.device)
+    folders = [] if args.dry_run else [os.path.join(results, "checkpoints"),
+                                       os.path.join(results, "attacks")]
+    busy = hold_run_folders(workers, folders)     # one writer per results folder
+    if busy:
+        print(f"error: {busy}", file=sys.stderr)
+        workers.close()
+        return 2
+    try:
+        return run_preset(args, preset, results, workers, device, t_start)
+    finally:
+        for f in folders:
+            release_folder(f)
 
+
+def run_preset(args, preset, results, workers, device, t_start):
+    """reproduce.py's work once its results folders are held: data, the task queue, report."""
     # --- data
     kaggle = all(os.path.exists(os.path.join(args.data_dir, f))
                  for f in (preprocess.TRAIN_CSV, preprocess.TEST_CSV))

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from attack_common import predict
 from attack_pgd import pgd_batch
 from losses import decoupled_decay_, jacobian_loss_from_logits, margin_loss, mse_loss
-from models import (arg_number, build_model, get_device, load_checkpoint, run_cli,
-                    save_checkpoint, tune_malloc)
+from models import (arg_number, build_model, get_device, hold_folder, load_checkpoint,
+                    release_folder, run_cli, save_checkpoint, tune_malloc)
 from preprocess import (DATA_DIR, DataError, balanced_epoch_indices, cache_path,
                         canonical_data_sha256, classification_metrics, data_sha256, load_cache)
 
@@ -237,7 +237,10 @@ def resume(cfg, device, data_info):
                          "to start a new run)")
     model, ckpt = load_checkpoint(last_path, device, arch=cfg["arch"])
     changed = {k for k in set(cfg) | set(ckpt["config"])
-               if k not in ("epochs", "resume", "device") and ckpt["config"].get(k) != cfg.get(k)}
+               if k not in ("epochs", "resume", "device", "out_dir", "data_dir")
+               and ckpt["config"].get(k) != cfg.get(k)}
+    # where it lives and where the data are read from are no setting: the checkpoint was found
+    # in out_dir (however spelled: ./, a symlink, absolute), and the data are compared by digest
     recorded = (ckpt.get("data") or {}).get("sha256")
     if recorded is not None and canonical_data_sha256(recorded) != data_info["sha256"]:
         raise ValueError(f"--resume: {last_path} was trained on other data than "
@@ -368,11 +371,17 @@ def main_for(description, methods, method, objective, argv=None):
     except ValueError as e:
         p.error(str(e))
     tune_malloc()
+    busy = hold_folder(cfg["out_dir"])
+    if busy:
+        print(f"error: {busy}", file=sys.stderr)
+        return 2
     try:
         train(cfg, objective)
     except (DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        release_folder(cfg["out_dir"])
     return 0
 
 

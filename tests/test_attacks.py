@@ -456,3 +456,19 @@ def test_ctrl_c_exits_130_with_one_line(sample_dir, tmp_path):
     err = p.communicate(timeout=60)[1]
     assert p.returncode == 130, err
     assert "Traceback" not in err and "interrupted: train_baseline.py stopped" in err
+
+
+def test_a_stale_sibling_shard_is_named(checkpoint, sample_dir, tmp_path, capsys):
+    """A shard made from another checkpoint is not merged: the run says which shard to rerun."""
+    from models import build_model, save_checkpoint
+    base = ["--sample", "--data-dir", sample_dir, "--device", "cpu", "--eps", "0.05",
+            "--attacks", "apgd-ce", "--steps", "2", "--max-samples", "20", "--batch-size", "5",
+            "--out-dir", str(tmp_path / "a")]
+    other = tmp_path / "other" / os.path.basename(checkpoint)
+    torch.manual_seed(5)
+    save_checkpoint(str(other), build_model("mlp"), None, 3,
+                    {"method": "ce", "arch": "mlp", "name": "mlp_ce"}, [])
+    assert attack_autoattack.main(["--checkpoint", str(other), *base, "--shard", "1/2"]) == 0
+    assert attack_autoattack.main(["--checkpoint", checkpoint, *base, "--shard", "2/2"]) == 0
+    assert "shard 1/2 of" in capsys.readouterr().out
+    assert not list((tmp_path / "a").glob("*.json"))

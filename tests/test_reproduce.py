@@ -209,3 +209,41 @@ def test_duplicate_records_are_refused(tmp_path, capsys):
                          "--data-dir", str(tmp_path / "ecg")])
     assert e.value.code == 2 and "--records names 100 more than once" in capsys.readouterr().err
     assert not (tmp_path / "ecg").exists()
+
+
+def test_one_writer_per_results_folder(sample_dir, tmp_path, capsys):
+    """While another process holds a results folder, reproduce.py and an attack script on it
+    refuse with a message naming that process, also when the folder is spelled another way
+    (./, a symlink), and nothing is retrained or recomputed; this process takes it again."""
+    import subprocess
+    import sys
+    import attack_pgd
+    from conftest import ROOT
+    res = tmp_path / "res"
+    argv = ["quick", "--device", "cpu", "--archs", "mlp", "--methods", "ce", "--epochs", "1",
+            "--max-train-samples", "64", "--data-dir", sample_dir, "--attacks", "pgd"]
+    assert reproduce.main(argv + ["--results-dir", str(res), "--phases", "train"]) == 0
+    (ckpt,) = (res / "checkpoints").glob("*_best.pt")
+    stamp = ckpt.stat().st_mtime_ns
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, models; "
+         f"assert models.hold_folder({str(res / 'attacks')!r}) is None; print('held', flush=True); "
+         "time.sleep(120)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        (tmp_path / "link").symlink_to(res)
+        for spelled in (str(res), str(tmp_path / "link"), str(res) + "/."):
+            assert reproduce.main(argv + ["--results-dir", spelled, "--epochs", "2"]) == 2
+            assert f"is in use by another run (pid {holder.pid}" in capsys.readouterr().err
+        assert ckpt.stat().st_mtime_ns == stamp                     # nothing retrained
+        assert attack_pgd.main(["--checkpoint", str(ckpt), "--sample", "--data-dir", sample_dir,
+                                "--max-samples", "25", "--steps", "2", "--eps", "0.03",
+                                "--out-dir", str(res / "." / "attacks"), "--device", "cpu"]) == 2
+        assert "is in use by another run" in capsys.readouterr().err
+        assert not list((res / "attacks").glob("*.json"))          # nothing computed
+    finally:
+        holder.kill()
+        holder.wait()
+    assert reproduce.main(argv + ["--results-dir", str(res), "--phases", "train", "attack"]) == 0
+    assert list((res / "attacks").glob("*.json"))

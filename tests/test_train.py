@@ -66,17 +66,23 @@ def test_resume_equals_uninterrupted_run(method, arch, sample_dir, tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(sample_dir, tmp_path, capsys):
-    """A setting outside the name (here the data folder) must match to resume; one in the name
-    (lr) is another run, and resuming it is refused for want of a checkpoint."""
+    """Where the run lives and where its data are read from are no settings: the same folder
+    spelled another way (./, a symlink) and a copy of the same data (same digest) resume. A
+    setting in the name (lr) is another run, and resuming it is refused for want of a
+    checkpoint."""
     import shutil
     other = tmp_path / "other_data"
     shutil.copytree(sample_dir, other)
+    (tmp_path / "link").symlink_to(tmp_path)
     base = ["--arch", "mlp", "--method", "ce", "--sample", "--device", "cpu",
-            "--max-train-samples", "128", "--out-dir", str(tmp_path)]
-    assert train_baseline.main(base + ["--data-dir", sample_dir, "--epochs", "1"]) == 0
-    assert train_baseline.main(base + ["--data-dir", str(other), "--epochs", "2", "--resume"]) == 2
-    assert "other settings: data_dir=" in capsys.readouterr().err
-    assert train_baseline.main(base + ["--data-dir", sample_dir, "--lr", "0.01", "--resume"]) == 2
+            "--max-train-samples", "128"]
+    assert train_baseline.main(base + ["--data-dir", sample_dir, "--epochs", "1",
+                                       "--out-dir", str(tmp_path)]) == 0
+    assert train_baseline.main(base + ["--data-dir", str(other), "--epochs", "2", "--resume",
+                                       "--out-dir", str(tmp_path / "link" / ".")]) == 0
+    assert "resuming mlp_ce_n128_s0 after epoch 1/2" in capsys.readouterr().out
+    assert train_baseline.main(base + ["--data-dir", sample_dir, "--lr", "0.01", "--resume",
+                                       "--out-dir", str(tmp_path)]) == 2
     assert "mlp_ce_lr0.01_n128_s0.pt" in capsys.readouterr().err
 
 
