@@ -197,6 +197,11 @@ def acc_count(r):
 
 
 # ----------------------------------------------------------------------------- worst case
+def provenance(r):
+    """The checkpoint and data a result was made from: results combine only when these match."""
+    return r["checkpoint_sha256"], canonical_data_sha256(r["data_sha256"])
+
+
 def worst_case(records, attacks=None, name="worst", nested=True):
     """Per (model, eps): a beat counts as fooled if any run of the chosen attacks (default:
     every attack but white noise) fooled it, at this eps or, with `nested`, at any smaller eps
@@ -217,6 +222,8 @@ def worst_case(records, attacks=None, name="worst", nested=True):
     out = []
     for (model, eps), rs in groups.items():
         base = pick(rs)
+        # only runs of the base's checkpoint and data combine (like with like)
+        rs = [r for r in rs if provenance(r) == provenance(base)]
         keep = base["indices"]
         ensemble = [r for r in rs if r["attack"] in AUTOATTACKS]
         if ensemble:
@@ -224,7 +231,8 @@ def worst_case(records, attacks=None, name="worst", nested=True):
             keep = [i for i in keep if i in covered]
         pred = dict(zip(base["indices"], base["adv_pred"]))
         label = dict(zip(base["indices"], base["labels"]))
-        fooling = [r for r in runs_of[model] if r["eps"] <= eps] if nested else rs
+        fooling = [r for r in runs_of[model] if r["eps"] <= eps
+                   and provenance(r) == provenance(base)] if nested else rs
         for r in fooling:
             for i, p in zip(r["indices"], r["adv_pred"]):
                 if i in pred and pred[i] == label[i] and p != label[i]:
@@ -235,6 +243,7 @@ def worst_case(records, attacks=None, name="worst", nested=True):
                     "attack": name, "eps": eps, "settings": {"eps": eps},
                     "sources": [os.path.basename(r["path"]) for r in fooling],
                     "checkpoint_sha256": base["checkpoint_sha256"],
+                    "data_sha256": base["data_sha256"],
                     "stale": next((r["stale"] for r in fooling if r.get("stale")), None),
                     "checkpoints": sorted({r["checkpoint_sha256"] for r in fooling}),
                     "indices": keep, "labels": y, "adv_pred": p,
@@ -724,7 +733,7 @@ def check_autoattack(records):
     bad, n = [], 0
     for w in worst_case(records, AUTOATTACKS, "autoattack", nested=False):
         p = pgd.get((w["model"], w["eps"]))
-        if p is None or w["eps"] == 0:
+        if p is None or w["eps"] == 0 or provenance(p) != provenance(w):
             continue
         pp, label = dict(zip(p["indices"], p["adv_pred"])), dict(zip(p["indices"], p["labels"]))
         ens = dict(zip(w["indices"], w["adv_pred"]))

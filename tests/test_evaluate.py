@@ -432,3 +432,20 @@ def test_unwritable_report_folder_is_named_and_out_dir_works(tmp_path, capsys):
     out = tmp_path / "elsewhere"
     assert evaluate.main(["--results-dir", str(tmp_path), "--out-dir", str(out)]) == 0
     assert (out / "report.md").exists() and (out / "tables" / "pgd_cnn.md").exists()
+
+
+def test_worst_case_combines_only_one_checkpoint_and_data():
+    """A run of the same model name from another checkpoint (or other data) never fools a beat
+    in the worst case, nor enters check 9."""
+    pgd = result("cnn_ce", "ce", "pgd-paper", 0.03, 18)
+    other = dict(result("cnn_ce", "ce", "apgd-t", 0.03, 2, settings=AA_SETTINGS),
+                 checkpoint_sha256="99" * 32)
+    other_data = dict(result("cnn_ce", "ce", "apgd-ce", 0.03, 2, settings=AA_SETTINGS),
+                      data_sha256="77" * 32)
+    for i, r in enumerate((pgd, other, other_data)):
+        r["path"] = f"r{i}.json"
+    (w,) = evaluate.worst_case([pgd, other, other_data])
+    assert w["adversarial"]["accuracy"] == pytest.approx(18 / 20)
+    assert w["sources"] == ["r0.json"]
+    status, _ = evaluate.check_autoattack([pgd, other, other_data])
+    assert status == "not run"
