@@ -22,12 +22,11 @@ import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from attack_common import (add_target_args, eps_arg, open_target, parser, predict, run_sweep,
                            shard_arg)
 from attack_pgd import EPS_LIST
-from models import N_CLASSES, N_SAMPLES, arg_number, run_cli, tune_malloc
+from models import N_CLASSES, N_SAMPLES, arg_number, progress_bar, run_cli, tune_malloc
 
 ATTACKS = ["apgd-ce", "apgd-t", "fab-t", "square"]
 STEPS = 100              # APGD and FAB iterations (AutoAttack standard)
@@ -76,8 +75,8 @@ def autoattack(model, x, y, name, eps, steps=STEPS, n_queries=N_QUERIES, seed=SE
         return x_adv
     attack = build_attack(name, model, eps, steps, n_queries, seed)
     shape = IMAGE_SHAPE.get(name, (1, 1, N_SAMPLES))
-    for i in tqdm(range(0, len(todo), batch_size), desc=f"{name} eps={eps:g}", unit="batch",
-                  disable=not progress, leave=False):
+    for i in progress_bar(range(0, len(todo), batch_size), desc=f"{name} eps={eps:g}",
+                          unit="batch", disable=not progress, leave=False):
         b = todo[i:i + batch_size]
         adv = attack(x[b].reshape(len(b), *shape), y[b]).reshape(len(b), N_SAMPLES).detach()
         x_adv[b] = adv.to(x.dtype)

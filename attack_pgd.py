@@ -23,11 +23,10 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from attack_common import (SEED, add_target_args, eps_arg, open_target, parser, predict,
                            run_sweep)
-from models import arg_number, run_cli, tune_malloc
+from models import arg_number, progress_bar, run_cli, tune_malloc
 
 EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]                         # METHOD.md 5
 NOISE_EPS_LIST = [0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -128,8 +127,8 @@ def pgd_attack(model, x, y, eps, steps=STEPS, step_size=STEP_SIZE, variant=VARIA
     gen = torch.Generator(device=x.device).manual_seed(seed)
     x_adv = x.clone()
     todo = torch.nonzero(predict(model, x) == y).flatten()
-    bar = tqdm(total=len(todo) * restarts, desc=f"pgd-{variant} eps={eps:g}", unit="beat",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=len(todo) * restarts, desc=f"pgd-{variant} eps={eps:g}",
+                       unit="beat", disable=not progress, leave=False)
     for _ in range(restarts):
         still = []
         for i in range(0, len(todo), batch_size):

@@ -25,12 +25,11 @@ import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from attack_common import (add_target_args, eps_arg, open_target, parser, predict, run_sweep,
                            shard_arg)
 from attack_pgd import adamax_ascent_, margin, uniform_start
-from models import arg_number, model_arch, run_cli, tune_malloc
+from models import arg_number, model_arch, progress_bar, run_cli, tune_malloc
 
 EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]     # METHOD.md 5
 PER_CLASS = 162            # the first 162 test beats of each class: 810
@@ -112,8 +111,8 @@ def spsa_attack(model, x, y, eps, steps=STEPS, n_dirs=N_DIRS, delta=DELTA, lr=LR
     with torch.inference_mode():
         x_adv = x.clone()
         todo = torch.nonzero(predict(model, x) == y).flatten()
-        bar = tqdm(total=len(todo), desc=f"spsa eps={eps:g}", unit="beat", disable=not progress,
-                   leave=False)
+        bar = progress_bar(total=len(todo), desc=f"spsa eps={eps:g}", unit="beat",
+                           disable=not progress, leave=False)
         for i in range(0, len(todo), batch_size):
             b = todo[i:i + batch_size]
             xb, _ = spsa_batch(model, x[b], y[b], ids[b.cpu()].tolist(), eps, steps, n_dirs,

@@ -490,3 +490,37 @@ def share_folders(folders):
     """A torchrun worker (rank > 0) of a run whose rank 0 holds `folders`."""
     held = [p for p in os.environ.get(LOCK_ENV, "").split(os.pathsep) if p]
     os.environ[LOCK_ENV] = os.pathsep.join(held + [os.path.realpath(f) for f in folders])
+
+
+# ----------------------------------------------------------------------------- progress
+PROGRESS_EVERY_S = 30       # outside a terminal: one progress line per this many seconds
+
+
+class _Lines:
+    """A stream for tqdm that turns its carriage-return redraws into whole lines (a log file)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, s):
+        s = s.replace("\r", "").strip("\n")
+        if s.strip():
+            self.stream.write(s + "\n")
+
+    def flush(self):
+        self.stream.flush()
+
+
+def progress_bar(iterable=None, **kw):
+    """tqdm: live in a terminal; outside one (a log file, CI, nohup) a plain line about every
+    PROGRESS_EVERY_S seconds. Under torchrun every line starts with the worker's rank."""
+    from tqdm import tqdm
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        kw["desc"] = f"[rank {os.environ.get('RANK', '?')}] {kw.get('desc', '')}"
+    stream = kw.pop("file", sys.stderr)
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        kw["mininterval"] = max(kw.get("mininterval", 0), PROGRESS_EVERY_S)
+        kw["maxinterval"] = max(kw.get("maxinterval", 0), PROGRESS_EVERY_S)
+        kw.setdefault("ascii", True)
+        stream = _Lines(stream)
+    return tqdm(iterable, file=stream, **kw)

@@ -31,9 +31,9 @@ import pandas as pd
 import torch
 from scipy.signal import resample_poly
 from sklearn.model_selection import train_test_split
-from tqdm import tqdm
 
-from models import CLASS_NAMES, N_CLASSES, N_SAMPLES, atomic_write, memo_per_file, run_cli
+from models import (CLASS_NAMES, N_CLASSES, N_SAMPLES, atomic_write, memo_per_file, progress_bar,
+                    run_cli)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -196,7 +196,7 @@ def build_from_wfdb(wfdb_dir, records=None):
     names = record_names(wfdb_dir, records)
     print(f"--wfdb {wfdb_dir}: {len(names)} records ({' '.join(names)})")
     xs, ys = [], []
-    for name in tqdm(names, desc="records", unit="rec"):
+    for name in progress_bar(names, desc="records", unit="rec"):
         path = os.path.join(wfdb_dir, name)
         try:
             rec = wfdb.rdrecord(path, channels=[0])          # channel 0: MLII (METHOD.md 1)

@@ -21,13 +21,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from attack_common import predict
 from attack_pgd import pgd_batch
 from losses import decoupled_decay_, jacobian_loss_from_logits, margin_loss, mse_loss
 from models import (arg_number, build_model, get_device, hold_folder, load_checkpoint,
-                    release_folder, run_cli, save_checkpoint, tune_malloc)
+                    progress_bar, release_folder, run_cli, save_checkpoint, tune_malloc)
 from preprocess import (DATA_DIR, DataError, balanced_epoch_indices, cache_path,
                         canonical_data_sha256, classification_metrics, data_sha256, load_cache)
 
@@ -288,8 +287,9 @@ def train(cfg, objective):
         idx = torch.from_numpy(balanced_epoch_indices(ytr_np, cfg["seed"], epoch,
                                                       cfg["max_train_samples"])).to(device)
         sums, n_batches, t0 = {}, 0, time.perf_counter()
-        bar = tqdm(range(0, len(idx), cfg["batch_size"]), desc=f"{name} {epoch + 1}/{cfg['epochs']}",
-                   unit="batch", leave=False, mininterval=1.0)
+        bar = progress_bar(range(0, len(idx), cfg["batch_size"]),
+                           desc=f"{name} {epoch + 1}/{cfg['epochs']}", unit="batch", leave=False,
+                           mininterval=1.0)
         for i in bar:
             b = idx[i:i + cfg["batch_size"]]
             terms = train_step(model, optimizer, xtr[b], ytr[b], cfg, objective, gen)

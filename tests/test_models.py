@@ -115,3 +115,19 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         models.load_checkpoint(str(tmp_path / "none.pt"))
     assert sorted(os.listdir(tmp_path)) == ["m.pt", "truncated.pt"]   # no temp files left
+
+
+def test_progress_outside_a_terminal_writes_whole_lines(capsys, monkeypatch):
+    """In a log file: plain lines (no carriage returns), and under torchrun the rank first."""
+    import io
+    from models import progress_bar as progress
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    log = io.StringIO()
+    for _ in progress(range(5), desc="work", file=log, mininterval=0, maxinterval=0):
+        pass
+    text = log.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert lines and all(line.startswith("[rank 1] work") for line in lines)
+    assert "5/5" in lines[-1]
