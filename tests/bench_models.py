@@ -37,34 +37,33 @@ class Detached(Tiny):
         return torch.as_tensor(self.net(x).detach().numpy())
 
 
-def plain():
+def _built(cls, **kw):
     torch.manual_seed(0)
-    return Tiny()
+    return cls(**kw)
+
+
+def plain():
+    return _built(Tiny)
 
 
 def softmax():
-    torch.manual_seed(0)
-    return Softmax()
+    return _built(Softmax)
 
 
 def stochastic():
-    torch.manual_seed(0)
-    return Stochastic()
+    return _built(Stochastic)
 
 
 def wrong_shape():
-    torch.manual_seed(0)
-    return Tiny(out=4)
+    return _built(Tiny, out=4)
 
 
 def in_place():
-    torch.manual_seed(0)
-    return InPlace()
+    return _built(InPlace)
 
 
 def detached():
-    torch.manual_seed(0)
-    return Detached()
+    return _built(Detached)
 
 
 def not_a_module():
