@@ -449,7 +449,10 @@ def test_ctrl_c_exits_130_with_one_line(sample_dir, tmp_path):
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_baseline.py"), "--arch",
                           "mlp", "--method", "ce", "--sample", "--data-dir", sample_dir,
                           "--epochs", "50", "--out-dir", str(tmp_path), "--device", "cpu"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                         # a background CI job inherits SIGINT ignored; a user's shell does not
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stdout.readline().startswith("training ")          # in the training loop
     time.sleep(1)
     p.send_signal(signal.SIGINT)
