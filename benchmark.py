@@ -435,8 +435,10 @@ def run(args):
 def report(args, name, out, attack_dir, prov, digest, clean, preset, wall):
     import evaluate
     mine, _ = evaluate.load_results(attack_dir)
-    mine = [r for r in mine if r["model"] == name and r["checkpoint_sha256"] == prov["sha256"]
-            and r["data_sha256"] == digest]
+    # this model's results: its files' sha256 and the data (a --checkpoint's results carry the
+    # checkpoint's own run name; the row takes --name)
+    mine = [dict(r, model=name) for r in mine if r["checkpoint_sha256"] == prov["sha256"]
+            and canonical_data_sha256(r["data_sha256"]) == digest]
     theirs, _ = evaluate.load_results(os.path.join(args.compare_dir, "attacks")) \
         if os.path.isdir(os.path.join(args.compare_dir, "attacks")) else ([], [])
     same_data = lambda r: canonical_data_sha256(r["data_sha256"]) == digest

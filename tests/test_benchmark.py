@@ -185,3 +185,19 @@ def test_attack_scripts_take_an_outside_model(weights, sample_dir, tmp_path, cap
     assert attack_pgd.main(["--model", f"{MODELS}:plain", *base]) == 2      # no --name
     assert attack_pgd.main(["--weights", weights, "--name", "x", *base]) == 2
     assert "give exactly one of --checkpoint" in capsys.readouterr().err
+
+
+def test_a_project_checkpoint_under_another_name(sample_dir, tmp_path, capsys):
+    """--checkpoint with --name: the results keep the checkpoint's run name, the row takes
+    --name."""
+    from models import build_model, save_checkpoint
+    from preprocess import data_sha256
+    ckpt = tmp_path / "mlp_ce_s0_best.pt"
+    torch.manual_seed(0)
+    save_checkpoint(str(ckpt), build_model("mlp"), None, 1,
+                    {"method": "ce", "arch": "mlp", "name": "mlp_ce_s0"}, [],
+                    data={"sha256": data_sha256(sample_dir, True)})
+    assert benchmark.main(["--checkpoint", str(ckpt), "--name", "renamed", "--data-dir",
+                           sample_dir, "--sample", "--out-dir", str(tmp_path / "out"),
+                           "--attacks", "pgd", "noise", *TINY]) == 0
+    assert "| **renamed** (yours) |" in capsys.readouterr().out
