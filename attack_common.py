@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import (ModelLoadError, arg_number, atomic_write, files_sha256, get_device,
-                    hold_folder, load_checkpoint, load_user_model, release_folder, run_info,
-                    sha256_file)
+from models import (HelpFormatter, ModelLoadError, arg_number, atomic_write, files_sha256,
+                    get_device, hold_folder, load_checkpoint, load_user_model, release_folder,
+                    run_info, sha256_file)
 from preprocess import (DATA_DIR, DataError, balanced_subset, cache_path, canonical_data_sha256,
                         classification_metrics, data_sha256, load_cache)
 
@@ -393,4 +393,4 @@ def open_target(args, per_class=None):
 
 def parser(description):
     return argparse.ArgumentParser(description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=HelpFormatter)

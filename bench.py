@@ -25,8 +25,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from losses import margin_loss, mse_loss
-from models import (arg_number, atomic_write, build_model, get_device, run_cli, run_info,
-                    set_seed, tune_malloc)
+from models import (HelpFormatter, arg_number, atomic_write, build_model, get_device, run_cli,
+                    run_info, set_seed, tune_malloc)
 from preprocess import DATA_DIR, balanced_epoch_indices, balanced_subset, load_cache
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
@@ -395,7 +395,7 @@ def bench_steps(args):
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("what", choices=["train", "attack", "steps"], help="which benchmark")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--data-dir", default=DATA_DIR, help="where preprocess.py put the cache")

@@ -37,7 +37,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from attack_autoattack import ATTACKS as AUTOATTACKS  # noqa: E402
 from attack_common import read_result  # noqa: E402
-from models import CLASS_NAMES, atomic_write, git_commit, run_cli, sha256_file  # noqa: E402
+from models import (CLASS_NAMES, HelpFormatter, atomic_write, git_commit, run_cli,  # noqa: E402
+                    sha256_file)
 from preprocess import (canonical_data_sha256, classification_metrics, data_digest,  # noqa: E402
                         read_cache)
 from train_baseline import paper_config  # noqa: E402
@@ -964,7 +965,7 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--results-dir", default=RESULTS_DIR,
                    help="holds attacks/ (and checkpoints/); tables, figures, report.md go there")
     p.add_argument("--keep-stale", action="store_true",

@@ -524,3 +524,19 @@ def progress_bar(iterable=None, **kw):
         kw.setdefault("ascii", True)
         stream = _Lines(stream)
     return tqdm(iterable, file=stream, **kw)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help as a man page: a flag's default is shown once, never as "(default: None)" or
+    "(default: False)", not again where its help already names it, and a path default as the
+    relative path it is on any machine."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS \
+                or "default" in text:
+            return text
+        if isinstance(default, str) and os.path.isabs(default):
+            default = os.path.relpath(default)
+        return f"{text} (default: {str(default).replace('%', '%%')})"

@@ -32,8 +32,8 @@ import torch
 from scipy.signal import resample_poly
 from sklearn.model_selection import train_test_split
 
-from models import (CLASS_NAMES, N_CLASSES, N_SAMPLES, atomic_write, memo_per_file, progress_bar,
-                    run_cli)
+from models import (CLASS_NAMES, N_CLASSES, N_SAMPLES, HelpFormatter, atomic_write,
+                    memo_per_file, progress_bar, run_cli)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -470,7 +470,7 @@ def classification_metrics(y_true, y_pred):
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data-dir", default=DATA_DIR, help="where the CSVs and the cache live")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--wfdb", metavar="DIR", help="rebuild the CSVs from raw MIT-BIH records")
@@ -478,7 +478,8 @@ def main(argv=None):
     p.add_argument("--records", nargs="+", metavar="NAME",
                    help="with --wfdb: build from these records only (default: RECORDS or all 48)")
     p.add_argument("--make-sample", action="store_true",
-                   help="with --wfdb: also rewrite the committed sample " + SAMPLE_NPZ)
+                   help="with --wfdb: also rewrite the committed sample "
+                        + os.path.relpath(SAMPLE_NPZ, HERE))
     p.add_argument("--force", action="store_true", help="rebuild even if the inputs are unchanged")
     args = p.parse_args(argv)
     if args.make_sample and not args.wfdb:

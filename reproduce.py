@@ -40,8 +40,8 @@ import evaluate
 import preprocess
 import train_baseline
 import train_nsr
-from models import (arg_number, get_device, hold_folder, release_folder, run_cli, share_folders,
-                    tune_malloc)
+from models import (HelpFormatter, arg_number, get_device, hold_folder, release_folder, run_cli,
+                    share_folders, tune_malloc)
 
 BENCH_TRAIN = "results/bench/train.json"
 DEFAULT_EPS = {"attack_pgd": attack_pgd.EPS_LIST, "attack_pgd-noise": attack_pgd.NOISE_EPS_LIST,
@@ -507,7 +507,7 @@ def step(label, fn, argv):
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("preset", choices=sorted(PRESETS), help="quick (the demo) or paper")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (one GPU per worker)")
     p.add_argument("--data-dir", default=preprocess.DATA_DIR, help="the data cache's folder")

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from attack_common import predict
 from attack_pgd import pgd_batch
 from losses import decoupled_decay_, jacobian_loss_from_logits, margin_loss, mse_loss
-from models import (arg_number, build_model, get_device, hold_folder, load_checkpoint,
-                    progress_bar, release_folder, run_cli, save_checkpoint, tune_malloc)
+from models import (HelpFormatter, arg_number, build_model, get_device, hold_folder,
+                    load_checkpoint, progress_bar, release_folder, run_cli, save_checkpoint,
+                    tune_malloc)
 from preprocess import (DATA_DIR, DataError, balanced_epoch_indices, cache_path,
                         canonical_data_sha256, classification_metrics, data_sha256, load_cache)
 
@@ -323,7 +324,7 @@ def build_parser(description, methods, method):
     paper value depends on the method (or arch) defaults to None = the paper's value."""
     num = arg_number
     p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--arch", choices=["mlp", "cnn"], default=ARCH, help="model")
     p.add_argument("--method", choices=methods, default=method, help="training objective")
     p.add_argument("--epochs", type=num(int, 1), default=EPOCHS, help="epochs in all")
