@@ -289,7 +289,8 @@ def leaderboard(user_records, committed_records, name, clean_whole):
 
 
 def leaderboard_markdown(df, eps_show=(0.01, 0.03, 0.05, 0.1)):
-    fmt = lambda v: "-" if pd_isna(v) else f"{v:.3f}"
+    import pandas as pd
+    fmt = lambda v: "-" if v is None or pd.isna(v) else f"{v:.3f}"
     head = ["#", "model", "arch", "seeds", "n (worst)", "clean"] \
         + [f"worst {e:g}" for e in eps_show] + [f"PGD {e:g}" for e in eps_show]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
@@ -299,10 +300,6 @@ def leaderboard_markdown(df, eps_show=(0.01, 0.03, 0.05, 0.1)):
                                        + [fmt(r.get(f"worst_{e:g}")) for e in eps_show]
                                        + [fmt(r.get(f"pgd_{e:g}")) for e in eps_show]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def pd_isna(v):
-    return v is None or (isinstance(v, float) and np.isnan(v))
 
 
 def plot_leaderboard(df, path, name):
