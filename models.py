@@ -522,7 +522,10 @@ def progress_bar(iterable=None, **kw):
         kw["mininterval"] = max(kw.get("mininterval", 0), PROGRESS_EVERY_S)
         kw["maxinterval"] = max(kw.get("maxinterval", 0), PROGRESS_EVERY_S)
         kw.setdefault("ascii", True)
-        stream = _Lines(stream)
+        bar = tqdm(iterable, file=_Lines(stream), **kw)
+        postfix = bar.set_postfix       # its default refresh=True would print a line per call
+        bar.set_postfix = lambda *a, **k: postfix(*a, **{**k, "refresh": False})
+        return bar
     return tqdm(iterable, file=stream, **kw)
 
 

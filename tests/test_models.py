@@ -131,3 +131,16 @@ def test_progress_outside_a_terminal_writes_whole_lines(capsys, monkeypatch):
     lines = text.splitlines()
     assert lines and all(line.startswith("[rank 1] work") for line in lines)
     assert "5/5" in lines[-1]
+
+
+def test_progress_in_a_log_file_is_not_redrawn_by_its_postfix():
+    """set_postfix (the training loss) must not print a line per call outside a terminal."""
+    import io
+    from models import progress_bar as progress
+    log = io.StringIO()
+    bar = progress(range(500), desc="epoch", file=log)
+    for i in bar:
+        bar.set_postfix(loss=f"{i:.4f}")
+    lines = log.getvalue().splitlines()
+    assert 1 <= len(lines) <= 3, lines[:5]
+    assert "500/500" in lines[-1] and "loss=499" in lines[-1]
