@@ -65,8 +65,10 @@ PRESETS = {
               "pgd_check": {"steps": 20, "sign_restarts": 2, "eps_one": True},
               "spsa": {"per_class": 3, "steps": 20, "n_dirs": 128, "eps": [0.03, 0.1],
                        "seeds": "all"},
-              "autoattack": {"attacks": ["apgd-ce", "apgd-t"], "steps": 10, "max_samples": 250,
-                             "seeds": "all"},
+              # FAB-T on fewer beats and eps: at 10 steps it costs ~2x APGD-T per beat
+              "autoattack": {"attacks": ["apgd-ce", "apgd-t", "fab-t"], "steps": 10,
+                             "max_samples": 250, "seeds": "all",
+                             "per_attack": {"fab-t": {"max_samples": 25, "eps": [0.03, 0.1]}}},
               "square": {"n_queries": 500, "max_samples": 25, "eps": [0.03, 0.1],
                          "seeds": "all"},
               "noise": {"max_samples": 250}},
@@ -116,11 +118,17 @@ def attack_tasks(preset, cfg, target, kinds=ATTACK_KINDS):
                                 str(sp["steps"]), "--n-dirs", str(sp["n_dirs"])] + eps(sp["eps"]),
                       sp.get("shards", 1)))
     if on_seed(aa):
-        tasks.append(("autoattack", f"AutoAttack {name}", attack_autoattack.main,
-                      target + n(aa["max_samples"]) + ["--steps", str(aa["steps"]),
-                                                       "--attacks", *aa["attacks"]]
-                      + eps(aa.get("eps")),
-                      aa.get("shards", 1)))
+        # components with the ensemble's budget go as one sweep; "per_attack" overrides one's
+        own = aa.get("per_attack", {})
+        groups = [[a for a in aa["attacks"] if a not in own]] + [[a] for a in aa["attacks"]
+                                                                 if a in own]
+        for group in filter(None, groups):
+            part = {**aa, **own.get(group[0], {})} if group[0] in own else aa
+            tasks.append(("autoattack", f"AutoAttack {name}", attack_autoattack.main,
+                          target + n(part["max_samples"]) + ["--steps", str(part["steps"]),
+                                                             "--attacks", *group]
+                          + eps(part.get("eps")),
+                          part.get("shards", 1)))
     if on_seed(sq):
         tasks.append(("square", f"Square {name}", attack_autoattack.main,
                       target + n(sq["max_samples"]) + ["--attacks", "square", "--n-queries",
