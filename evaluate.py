@@ -57,6 +57,8 @@ BUDGET_TOL = 1e-6      # check 6: |x_adv - x|_inf <= eps + this
 ZERO_GRAD_MAX = 0.01   # check 8: share of beats with an all-zero input gradient
 AA_MARGIN = 0.02       # check 9: AutoAttack may not beat the paper's PGD by more (balanced acc)
 EXAMPLE_EPS = 0.03     # the clean-vs-adversarial beat figure
+HEADLINE_EPS = (0.03, 0.1)  # the headline table: paper PGD next to the worst case at these eps
+HEADLINE_OTHERS = 2    # ... for CE, NSR and this many best other methods (worst case, 1st eps)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -443,6 +445,92 @@ def diff_markdown(diff, title):
         lines.append("| " + " | ".join([r["method"], str(r["seeds"])] + [cell(r, c) for c in cols])
                      + " |")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- headline
+def headline(aggs, eps_list=HEADLINE_EPS, others=HEADLINE_OTHERS):
+    """The front page's table: per arch, CE, NSR and the `others` best other methods by the
+    worst case at eps_list[0], each with the paper's PGD next to the worst case at each eps.
+    `aggs`: {arch: {"pgd": aggregate table, "worst": aggregate table}}. Returns a DataFrame."""
+    rows = []
+    for arch, by_kind in aggs.items():
+        pgd, worst = by_kind.get("pgd"), by_kind.get("worst")
+        if pgd is None or worst is None:
+            continue
+        key = f"bacc_{eps_list[0]:g}"
+        if key not in worst:
+            continue
+        ranked = worst.dropna(subset=[key]).sort_values(key, ascending=False)
+        base = [m for m in ranked["model"] if m.split("_")[1] in ("ce", "nsr")]
+        rest = [m for m in ranked["model"] if m not in base][:others]
+        for model in sorted(base, key=lambda m: m.split("_")[1] != "ce") + rest:
+            w = worst.set_index("model").loc[model]
+            p = pgd.set_index("model").loc[model] if model in set(pgd["model"]) else None
+            row = {"arch": arch, "method": w["method"], "model": model, "seeds": int(w["seeds"]),
+                   "clean": (p if p is not None else w)["clean_bacc"]}
+            for e in eps_list:
+                c = f"bacc_{e:g}"
+                row[f"pgd_{e:g}"] = p[c] if p is not None and c in p else np.nan
+                row[f"worst_{e:g}"] = w[c] if c in w else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def headline_markdown(head, eps_list=HEADLINE_EPS):
+    """The headline as a markdown table; a cell is the mean over the row's seeds."""
+    cols = [f"{k}_{e:g}" for e in eps_list for k in ("pgd", "worst")]
+    names = {f"pgd_{e:g}": f"paper PGD {e:g}" for e in eps_list}
+    names.update({f"worst_{e:g}": f"**worst case {e:g}**" for e in eps_list})
+    lines = ["| arch | method | seeds | clean | " + " | ".join(names[c] for c in cols) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(cols)]
+    for _, r in head.iterrows():
+        cells = ["-" if pd.isna(r[c]) else f"{r[c]:.3f}" for c in ["clean"] + cols]
+        lines.append(f"| {r['arch'].upper()} | {r['method']} | {r['seeds']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_headline(aggs, head, path):
+    """One panel per arch: the headline's methods, worst case (solid) against the paper's PGD
+    (dashed), balanced accuracy against eps. Returns why it was not drawn, or None."""
+    archs = [a for a in aggs if a in set(head["arch"])] if len(head) else []
+    if not archs:
+        return "no model has both the paper's PGD and a worst case"
+    fig, axes = plt.subplots(1, len(archs), figsize=(6.0 * len(archs), 4.2), dpi=110,
+                             squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        models = list(head[head["arch"] == arch]["model"])
+        for i, model in enumerate(models):
+            color = "black" if model.split("_")[1] == "nsr" else f"C{i}"
+            for kind, style in (("worst", "-"), ("pgd", "--")):
+                agg = aggs[arch][kind]
+                r = agg.set_index("model").loc[model]
+                cols = ["clean_bacc"] + [c for c in agg.columns if c.startswith("bacc_")
+                                         and c.count("_") == 1 and float(c[5:]) <= 0.3
+                                         and not pd.isna(r[c])]
+                xs = [0.0] + [float(c[5:]) for c in cols[1:]]
+                ax.plot(xs, [r[c] for c in cols], style, marker="o", ms=3, color=color,
+                        lw=2.2 if color == "black" else 1.3,
+                        label=f"{r['method']}, {'worst case' if kind == 'worst' else 'paper PGD'}")
+        ax.set_title(f"{arch.upper()}: worst case over every attack (solid) vs the paper's PGD "
+                     "(dashed)", fontsize=9)
+        ax.set_xlabel("eps (L-inf, beats in [0, 1])")
+        ax.set_ylabel("balanced accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    atomic_write(path, lambda t: fig.savefig(t, format="png"))
+    plt.close(fig)
+    return None
+
+
+def relink(lines, prefix):
+    """Markdown links relative to the report's folder, made relative to another file's."""
+    if prefix in ("", "."):
+        return lines
+    return [re.sub(r"\]\((figures|tables)/", lambda m: f"]({prefix}/{m.group(1)}/", line)
+            for line in lines]
 
 
 # ----------------------------------------------------------------------------- figures
@@ -866,7 +954,7 @@ def data_line(records):
             "cache): " + ", ".join(f"`{d[:12]}` ({n} results)" for d, n in counts.items()) + ".")
 
 
-def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None):
+def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None, results_md=None):
     records, skipped = load_results(os.path.join(results_dir, "attacks"))
     records, stale, unverified = vouch(records, os.path.join(results_dir, "checkpoints"),
                                        keep_stale)
@@ -899,6 +987,7 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None):
                    "checkpoint (" + "; ".join(sorted({why for _, why in unverified})[:5])
                    + "): their checkpoint sha256 is in the tables' checkpoint column.", ""]
     report += [compute_line(records, histories), "", data_line(records), ""]
+    preamble_end = len(report)
     report += training_section(histories)
     aa = worst_case(records, AUTOATTACKS, "autoattack", nested=False)
     titles = {"worst": "Worst case per beat over every attack (the number to trust)",
@@ -906,7 +995,7 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None):
               "autoattack": "AutoAttack ensemble (APGD-CE, APGD-T, FAB-T, Square; worst case "
                             "per beat)",
               "spsa": "Black-box SPSA", "noise": "Uniform white noise"}
-    mixed = []
+    mixed, aggs, tables_start = [], defaultdict(dict), len(report)
     for kind in ("worst", "pgd", "autoattack", "spsa", "noise"):
         report += [f"## {titles[kind]}", ""]
         if kind == "worst":
@@ -924,6 +1013,7 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None):
             mixed += [f"{kind} {m}: {c}" for m, c in zip(df["model"], df["checkpoint"]) if " " in c]
             md, agg = write_table(df, os.path.join(tables_dir, f"{kind}_{arch}"),
                                   f"{titles[kind]}, {arch.upper()}")
+            aggs[arch][kind] = agg
             fig = f"{kind}_{arch}.png"
             plot_curves(agg, os.path.join(fig_dir, fig), f"{titles[kind].split(' (')[0]}: "
                                                          f"{arch.upper()}")
@@ -956,11 +1046,45 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None):
         report.append(f"- **{status}** {name}: {detail}")
         if status == "FAIL":
             print(f"WARNING: sanity check {name} FAILED: {detail}")
+    tables_end = len(report)
+    head = headline(aggs)
+    write_csv(head, os.path.join(tables_dir, "headline.csv"))
+    head_md = headline_markdown(head)
+    atomic_write(os.path.join(tables_dir, "headline.md"), lambda t: open(t, "w").write(head_md))
+    why = plot_headline(aggs, head, os.path.join(fig_dir, "headline.png"))
+    head_lines = ["## Headline: the paper's PGD next to the worst case", "",
+                  f"CE, NSR and the {HEADLINE_OTHERS} best other methods by the worst case at eps "
+                  f"{HEADLINE_EPS[0]:g}; balanced accuracy, mean over training seeds (the full "
+                  "tables below give ± std).", "", head_md,
+                  f"Not drawn: {why}." if why else "![headline](figures/headline.png)", ""]
+    report[tables_start:tables_start] = head_lines
+    tables_end += len(head_lines)
     report += ["", "## Attack subsets against the paper's protocol", ""] + subset_lines(records)
     report += ["", "## Settings behind the numbers", ""] + settings_lines(records) + [""]
     path = os.path.join(out_dir, "report.md")
     atomic_write(path, lambda t: open(t, "w").write("\n".join(report)))
+    if results_md:
+        write_results_md(results_md, out_dir, report[2:preamble_end],
+                         report[tables_start:tables_end])
     return path, records, worst
+
+
+def write_results_md(path, out_dir, preamble, tables):
+    """RESULTS.md: the report's tables, figures and checks (not its training histories,
+    subsets and settings, which stay in report.md), links made relative to `path`."""
+    here = os.path.dirname(os.path.abspath(path))
+    rel = os.path.relpath(out_dir, here)
+    method = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                          "METHOD.md"), here)
+    lines = ["# Results", "",
+             f"Generated by `evaluate.py --results-dir {out_dir} --results-md "
+             f"{os.path.relpath(path)}` from the results committed under `{out_dir}/`: do not "
+             "edit by hand (rerun the command). The training histories, the attack subsets "
+             f"and the settings behind every number are in [`report.md`]({rel}/report.md); "
+             f"the method and every check in [`METHOD.md`]({method}).", ""]
+    lines += preamble
+    atomic_write(path, lambda t: open(t, "w").write("\n".join(lines + relink(tables, rel))
+                                                    + "\n"))
 
 
 def main(argv=None):
@@ -973,6 +1097,10 @@ def main(argv=None):
                         "on other data), marked STALE, instead of leaving them out")
     p.add_argument("--out-dir", default=None,
                    help="where tables/, figures/ and report.md go (default: the results dir)")
+    p.add_argument("--results-md", default=None, metavar="FILE",
+                   help="also write the report's tables, figures and checks to FILE, links "
+                        "relative to it (the repository's RESULTS.md: --results-dir "
+                        "results/paper --results-md RESULTS.md)")
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.results_dir, "attacks")):
         print(f"error: no attack results in {args.results_dir}/attacks: run attack_pgd.py or "
@@ -988,8 +1116,9 @@ def main(argv=None):
             print(f"error: cannot write the report under {d} ({type(e).__name__}: "
                   f"{e.strerror or e}): give --out-dir DIR", file=sys.stderr)
             return 2
-    path, records, _ = evaluate(args.results_dir, args.keep_stale, args.out_dir)
-    print(f"wrote {path} ({len(records)} results)")
+    path, records, _ = evaluate(args.results_dir, args.keep_stale, args.out_dir, args.results_md)
+    print(f"wrote {path} ({len(records)} results)" + (f" and {args.results_md}"
+                                                       if args.results_md else ""))
     return 0
 
 

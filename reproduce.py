@@ -61,18 +61,19 @@ QUICK_MODELS = [("ce", {}), ("mse_margin", {}), ("jacob", {}), ("adv", {"adv_eps
 PRESETS = {
     "quick": {"results": "results", "models": QUICK_MODELS, "epochs": 6,
               "max_train_samples": 4000,
-              "pgd": {"steps": 50, "max_samples": 250},          # 50 beats per class
+              "pgd": {"steps": 50, "max_samples": 200},          # 40 beats per class
               "pgd_check": {"steps": 20, "sign_restarts": 2, "eps_one": True},
-              "spsa": {"per_class": 3, "steps": 20, "n_dirs": 128, "eps": [0.03, 0.1],
+              "spsa": {"per_class": 3, "steps": 20, "n_dirs": 64, "eps": [0.03, 0.1],
                        "seeds": "all"},
               # FAB-T on fewer beats and eps: at 10 steps it costs ~2x APGD-T per beat
               "autoattack": {"attacks": ["apgd-ce", "apgd-t", "fab-t"], "steps": 10,
-                             "max_samples": 250, "seeds": "all",
+                             "max_samples": 200, "seeds": "all",
                              "per_attack": {"fab-t": {"max_samples": 25, "eps": [0.03, 0.1]}}},
-              "square": {"n_queries": 500, "max_samples": 25, "eps": [0.03, 0.1],
+              "square": {"n_queries": 300, "max_samples": 25, "eps": [0.03, 0.1],
                          "seeds": "all"},
-              "noise": {"max_samples": 250}},
-    "paper": {"results": "results/paper", "models": PAPER_MODELS, "epochs": 50,
+              "noise": {"max_samples": 200}},
+    "paper": {"results": "results/paper", "results_md": "RESULTS.md", "models": PAPER_MODELS,
+              "epochs": 50,
               "max_train_samples": None,
               "pgd": {"steps": 100, "max_samples": None},
               "pgd_check": {"steps": 20, "sign_restarts": 5, "eps_one": True, "max_samples": 1000},
@@ -757,7 +758,10 @@ def run_preset(args, preset, results, workers, device, t_start):
 
     # --- report (rank 0)
     if "evaluate" in args.phases and workers.rank == 0:
-        step("evaluate", evaluate.main, ["--results-dir", results])
+        # the preset's own folder also writes its RESULTS.md (the paper's, at the root)
+        md = preset.get("results_md") if not args.results_dir else None
+        step("evaluate", evaluate.main, ["--results-dir", results]
+             + (["--results-md", md] if md else []))
         print(f"\nreport: {os.path.join(results, 'report.md')} "
               f"(total {(time.perf_counter() - t_start) / 60:.1f} min)")
     workers.close()
