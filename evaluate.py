@@ -41,7 +41,7 @@ from models import (CLASS_NAMES, HelpFormatter, atomic_write, git_commit, run_cl
                     sha256_file)
 from preprocess import (canonical_data_sha256, classification_metrics, data_digest,  # noqa: E402
                         read_cache)
-from train_baseline import paper_config  # noqa: E402
+import protocol  # noqa: E402
 
 RESULTS_DIR = "results"
 ARCHS = ("mlp", "cnn")
@@ -153,17 +153,23 @@ def load_histories(ckpt_dir):
 
 # ----------------------------------------------------------------------------- naming
 def row_key(cfg, arch):
-    """(order, label) of a model's row: the paper's order, its parameter where it has one."""
+    """(order, label) of a model's row: the paper's order; the label names every training
+    setting that differs from the paper's frozen value (protocol.py), e.g. "method 2 (NSR,
+    nsr_eps 0.02)" (not the budget: epochs and samples per epoch are in the training table)."""
     method = cfg.get("method", "?")
     order = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
     label = METHOD_LABEL.get(method, method)
     if method == "adv":
-        return (order, cfg.get("adv_eps", 0)), f"adv {cfg.get('adv_eps', 0):g}"
-    beta = cfg.get("beta")
-    paper_beta = paper_config(arch, method).get("beta") if method in METHOD_ORDER else None
-    if beta is not None and beta != paper_beta:
-        label += f" (beta {beta:g})"
-    return (order, beta or 0), label
+        label = f"adv {cfg.get('adv_eps', 0):g}"
+    paper = protocol.paper_config(arch, method) if method in METHOD_ORDER else {}
+    diffs = [f"{k} {cfg[k]:g}" if isinstance(cfg[k], (int, float)) and not isinstance(cfg[k], bool)
+             else f"{k} {cfg[k]}" for k in paper
+             if k not in ("arch", "method", "seed", "adv_eps", "max_train_samples")
+             and k in cfg and cfg[k] != paper[k]]
+    if diffs:
+        label = (label[:-1] + ", " if label.endswith(")") else label + " (") \
+            + ", ".join(diffs) + ")"
+    return (order, cfg.get("adv_eps", 0) if method == "adv" else cfg.get("beta") or 0), label
 
 
 def run_settings(r):

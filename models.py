@@ -513,7 +513,8 @@ class _Lines:
 
 def progress_bar(iterable=None, **kw):
     """tqdm: live in a terminal; outside one (a log file, CI, nohup) a plain line about every
-    PROGRESS_EVERY_S seconds. Under torchrun every line starts with the worker's rank."""
+    PROGRESS_EVERY_S seconds, the first after that long (a short bar prints nothing). Under
+    torchrun every line starts with the worker's rank."""
     from tqdm import tqdm
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         kw["desc"] = f"[rank {os.environ.get('RANK', '?')}] {kw.get('desc', '')}"
@@ -522,6 +523,7 @@ def progress_bar(iterable=None, **kw):
         kw["mininterval"] = max(kw.get("mininterval", 0), PROGRESS_EVERY_S)
         kw["maxinterval"] = max(kw.get("maxinterval", 0), PROGRESS_EVERY_S)
         kw.setdefault("ascii", True)
+        kw.setdefault("delay", PROGRESS_EVERY_S)    # a bar done sooner prints no line at all
         bar = tqdm(iterable, file=_Lines(stream), **kw)
         postfix = bar.set_postfix       # its default refresh=True would print a line per call
         bar.set_postfix = lambda *a, **k: postfix(*a, **{**k, "refresh": False})

@@ -207,9 +207,11 @@ def _load_checkpoint(path, mtime_ns):
 
 
 def finished(cfg):
-    """A run is done when its last checkpoint reached the preset's epochs."""
+    """A run is done when its last checkpoint reached the preset's epochs with cfg's settings
+    (a checkpoint of other settings is never reused: its --resume is refused, naming them)."""
     ckpt = last_checkpoint(cfg)
-    return ckpt is not None and ckpt.get("epoch", -1) + 1 >= cfg["epochs"]
+    return ckpt is not None and ckpt.get("epoch", -1) + 1 >= cfg["epochs"] \
+        and not train_baseline.setting_changes(ckpt.get("config", {}), cfg)
 
 
 def train_configs(preset, archs, seeds, device, data_dir, sample, ckpt_dir):

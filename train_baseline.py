@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import protocol
 from attack_common import predict
 from attack_pgd import pgd_batch
 from losses import decoupled_decay_, jacobian_loss_from_logits, margin_loss, mse_loss
@@ -84,19 +85,20 @@ def baseline_objective(model, x, y, cfg, gen):
 # train_nsr.py's), then overrides. Its name, checkpoint paths and argv all derive from it.
 RUN_DEFAULTS = {"epochs": EPOCHS, "device": "auto", "data_dir": DATA_DIR, "sample": False,
                 "out_dir": OUT_DIR, "resume": False}    # how long and where, not what is trained
-# a setting that differs from the paper's value is part of the run name: key -> tag
+# every setting that differs from the paper's frozen value (protocol.paper_config) is part of
+# the run name, with this tag (adv_eps, and beta for nsr/align, are always in it; jacob's beta
+# as _b); the epochs are not: --resume may extend a run
 NAME_TAGS = {"lr": "lr", "batch_size": "bs", "margin": "m", "max_train_samples": "n",
              "decay_l1": "dl1", "decay_l2": "dl2", "jacob_norm": "L", "adv_steps": "k",
              "adv_step_size": "as", "nsr_eps": "ne", "nsr_max_noise": "nm", "bias": "bias"}
 
 
-def paper_config(arch, method):
-    """The paper's settings for one (arch, method) (METHOD.md 3-4); `seed` is the default seed."""
+def default_config(arch, method):
+    """One run's defaults: the UPPER_CASE constants at the top of this file and of
+    train_nsr.py, as edited there (the paper's values unless someone changed them)."""
     import train_nsr        # its constants; imported here (train_nsr imports this module)
-    if arch not in ("mlp", "cnn"):
-        raise ValueError(f"unknown arch {arch!r}: choose mlp or cnn")
-    cfg = {"arch": arch, "method": method, "batch_size": BATCH_SIZE, "lr": LR, "margin": MARGIN,
-           "seed": SEED, "max_train_samples": None, "bias": True}
+    cfg = protocol.paper_config(arch, method)      # the keys a method has, and their checks
+    cfg.update(batch_size=BATCH_SIZE, lr=LR, margin=MARGIN, seed=SEED)
     if method in DECAY_METHODS:
         cfg.update(decay_l1=DECAY_L1, decay_l2=DECAY_L2)
     if method == "jacob":
@@ -107,16 +109,20 @@ def paper_config(arch, method):
         cfg.update(beta=train_nsr.NSR_BETA[arch], nsr_eps=train_nsr.NSR_EPS,
                    nsr_max_noise=train_nsr.NSR_MAX_NOISE)
     elif method == "align":
-        cfg.update(beta=train_nsr.ALIGN_BETA[arch], bias=False)     # method 1: no biases
-    elif method not in METHODS:
-        raise ValueError(f"unknown method {method!r}")
+        cfg.update(beta=train_nsr.ALIGN_BETA[arch])
     return cfg
+
+
+def paper_config(arch, method):
+    """The paper's settings for one (arch, method) (METHOD.md 3-4), frozen in protocol.py:
+    what every run name and report label is compared with, whatever the constants above say."""
+    return protocol.paper_config(arch, method)
 
 
 def make_config(arch, method, **overrides):
     """The whole config of a run; None leaves the paper's value. A setting the method does not
     have is a ValueError naming it."""
-    cfg = {**paper_config(arch, method), **RUN_DEFAULTS}
+    cfg = {**default_config(arch, method), **RUN_DEFAULTS}
     for k, v in overrides.items():
         if v is None:
             continue
@@ -148,7 +154,7 @@ def run_name(cfg):
 
 def config_argv(cfg):
     """The command-line flags that rebuild `cfg` with main() (train_nsr.main for nsr/align)."""
-    paper = paper_config(cfg["arch"], cfg["method"])
+    paper = default_config(cfg["arch"], cfg["method"])
     argv = ["--arch", cfg["arch"], "--method", cfg["method"]]
     for k, v in cfg.items():
         if k in ("arch", "method", "name", "bias") or v is None:
@@ -228,6 +234,14 @@ def sync_best(best_path, model, optimizer, epoch, cfg, history, data):
         save_finite(best_path, model, optimizer, epoch, cfg, history, data)
 
 
+def setting_changes(stored, cfg):
+    """The settings in which a checkpoint's stored config differs from cfg: all but how long
+    (epochs) and where (device, folders); the data are compared by digest."""
+    return sorted(k for k in set(cfg) | set(stored)
+                  if k not in ("epochs", "resume", "device", "out_dir", "data_dir")
+                  and stored.get(k) != cfg.get(k))
+
+
 def resume(cfg, device, data_info):
     """(model, optimizer, history, first epoch) from the last checkpoint of cfg's run; refused
     when there is none, or it was trained with other settings or on other data."""
@@ -236,9 +250,7 @@ def resume(cfg, device, data_info):
         raise ValueError(f"--resume: no checkpoint {last_path} to continue (drop --resume "
                          "to start a new run)")
     model, ckpt = load_checkpoint(last_path, device, arch=cfg["arch"])
-    changed = {k for k in set(cfg) | set(ckpt["config"])
-               if k not in ("epochs", "resume", "device", "out_dir", "data_dir")
-               and ckpt["config"].get(k) != cfg.get(k)}
+    changed = setting_changes(ckpt["config"], cfg)
     # where it lives and where the data are read from are no setting: the checkpoint was found
     # in out_dir (however spelled: ./, a symlink, absolute), and the data are compared by digest
     recorded = (ckpt.get("data") or {}).get("sha256")

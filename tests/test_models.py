@@ -124,7 +124,7 @@ def test_progress_outside_a_terminal_writes_whole_lines(capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     log = io.StringIO()
-    for _ in progress(range(5), desc="work", file=log, mininterval=0, maxinterval=0):
+    for _ in progress(range(5), desc="work", file=log, mininterval=0, maxinterval=0, delay=0):
         pass
     text = log.getvalue()
     assert "\r" not in text and text.endswith("\n")
@@ -138,9 +138,13 @@ def test_progress_in_a_log_file_is_not_redrawn_by_its_postfix():
     import io
     from models import progress_bar as progress
     log = io.StringIO()
-    bar = progress(range(500), desc="epoch", file=log)
+    bar = progress(range(500), desc="epoch", file=log, delay=0)
     for i in bar:
         bar.set_postfix(loss=f"{i:.4f}")
     lines = log.getvalue().splitlines()
     assert 1 <= len(lines) <= 3, lines[:5]
     assert "500/500" in lines[-1] and "loss=499" in lines[-1]
+    quiet = io.StringIO()                      # by default a bar done within 30 s prints nothing
+    for _ in progress(range(500), desc="short", file=quiet):
+        pass
+    assert quiet.getvalue() == ""
