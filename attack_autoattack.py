@@ -18,7 +18,6 @@ Square draws square windows and needs a height above 1, so it sees a beat folded
 Every x_adv is checked against the budget and [0, 1] (METHOD.md 7, check 6) before it is recorded.
 Results: one JSON per (checkpoint, attack, eps) in the format of attack_pgd.py (attack_common).
 """
-import sys
 
 import numpy as np
 import torch
@@ -26,7 +25,8 @@ import torch
 from attack_common import (add_target_args, eps_arg, open_target, parser, predict, run_sweep,
                            shard_arg)
 from attack_pgd import EPS_LIST
-from models import N_CLASSES, N_SAMPLES, arg_number, progress_bar, run_cli, tune_malloc
+from models import N_CLASSES, N_SAMPLES
+from utils import arg_number, progress_bar, run_cli, tune_malloc
 
 ATTACKS = ["apgd-ce", "apgd-t", "fab-t", "square"]
 STEPS = 100              # APGD and FAB iterations (AutoAttack standard)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import (HelpFormatter, ModelLoadError, arg_number, atomic_write, files_sha256,
-                    get_device, hold_folder, load_checkpoint, load_user_model, release_folder,
-                    run_info, sha256_file)
+from models import ModelLoadError, load_checkpoint, load_user_model
+from utils import (HelpFormatter, arg_number, atomic_write, files_sha256, get_device, hold_folder,
+                   release_folder, run_info, sha256_file)
 from preprocess import (DATA_DIR, DataError, balanced_subset, cache_path, canonical_data_sha256,
                         classification_metrics, data_sha256, load_cache)
 

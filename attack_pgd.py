@@ -19,14 +19,13 @@ up-to-date result is skipped, a stale one recomputed) with METHOD.md 5's metrics
 settings, seed, device, wall time, the checkpoint's and data's sha256, the per-sample adversarial predictions (for evaluate.py's
 worst case), the largest |x_adv - x|_inf and the count of samples whose input gradient is all 0.
 """
-import sys
 
 import torch
 import torch.nn.functional as F
 
 from attack_common import (SEED, add_target_args, eps_arg, open_target, parser, predict,
                            run_sweep)
-from models import arg_number, progress_bar, run_cli, tune_malloc
+from utils import arg_number, progress_bar, run_cli, tune_malloc
 
 EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]                         # METHOD.md 5
 NOISE_EPS_LIST = [0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]

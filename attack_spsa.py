@@ -21,7 +21,6 @@ times faster at 256 rows than at the 4,096 of one sample's 2 x 2048 evaluations;
 fastest at 1,024: 6.0 ms per iteration and beat against 10.0 at 256 and 7.2 at 4,096, same
 output), under torch.inference_mode, and samples that flip leave the batch.
 """
-import sys
 
 import numpy as np
 import torch
@@ -29,7 +28,8 @@ import torch
 from attack_common import (add_target_args, eps_arg, open_target, parser, predict, run_sweep,
                            shard_arg)
 from attack_pgd import adamax_ascent_, margin, uniform_start
-from models import arg_number, model_arch, progress_bar, run_cli, tune_malloc
+from models import model_arch
+from utils import arg_number, progress_bar, run_cli, tune_malloc
 
 EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]     # METHOD.md 5
 PER_CLASS = 162            # the first 162 test beats of each class: 810

@@ -18,15 +18,14 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from losses import margin_loss, mse_loss
-from models import (HelpFormatter, arg_number, atomic_write, build_model, get_device, run_cli,
-                    run_info, set_seed, tune_malloc)
+from models import build_model
+from utils import (HelpFormatter, arg_number, atomic_write, get_device, run_cli, run_info,
+                   set_seed, tune_malloc)
 from preprocess import DATA_DIR, balanced_epoch_indices, balanced_subset, load_cache
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))

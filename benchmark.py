@@ -43,9 +43,9 @@ import torch
 
 import reproduce
 from attack_common import predict
-from models import (ModelLoadError, N_CLASSES, N_SAMPLES, atomic_write, files_sha256,
-                    get_device, load_checkpoint, load_user_model, release_folder, run_cli,
-                    run_info, sha256_file)
+from models import ModelLoadError, N_CLASSES, N_SAMPLES, load_checkpoint, load_user_model
+from utils import (atomic_write, files_sha256, get_device, release_folder, run_cli, run_info,
+                   sha256_file)
 from preprocess import (DATA_DIR, DataError, balanced_subset, canonical_data_sha256,
                         classification_metrics, data_sha256, load_cache)
 

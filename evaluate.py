@@ -35,13 +35,13 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import protocol  # noqa: E402
 from attack_autoattack import ATTACKS as AUTOATTACKS  # noqa: E402
 from attack_common import read_result  # noqa: E402
-from models import (CLASS_NAMES, HelpFormatter, atomic_write, git_commit, run_cli,  # noqa: E402
-                    sha256_file)
+from models import CLASS_NAMES  # noqa: E402
 from preprocess import (canonical_data_sha256, classification_metrics, data_digest,  # noqa: E402
                         read_cache)
-import protocol  # noqa: E402
+from utils import HelpFormatter, atomic_write, git_commit, run_cli, sha256_file  # noqa: E402
 
 RESULTS_DIR = "results"
 ARCHS = ("mlp", "cnn")
@@ -607,7 +607,7 @@ def plot_example_beats(records, path, eps=EXAMPLE_EPS):
     Returns None, or why the figure was not drawn."""
     import attack_pgd
     from attack_common import predict
-    from models import load_checkpoint, sha256_file
+    from models import load_checkpoint
     runs = {}
     for r in records:
         m = r["model_config"].get("method")

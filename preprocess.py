@@ -20,11 +20,9 @@ sampler `balanced_epoch_indices`, `balanced_subset` and `classification_metrics`
 """
 import argparse
 import datetime
-import glob
 import hashlib
 import os
 import sys
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -32,8 +30,8 @@ import torch
 from scipy.signal import resample_poly
 from sklearn.model_selection import train_test_split
 
-from models import (CLASS_NAMES, N_CLASSES, N_SAMPLES, HelpFormatter, atomic_write,
-                    memo_per_file, progress_bar, run_cli)
+from models import CLASS_NAMES, N_CLASSES, N_SAMPLES
+from utils import HelpFormatter, atomic_write, memo_per_file, progress_bar, run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -40,8 +40,8 @@ import evaluate
 import preprocess
 import train_baseline
 import train_nsr
-from models import (HelpFormatter, arg_number, get_device, hold_folder, release_folder, run_cli,
-                    share_folders, tune_malloc)
+from utils import (HelpFormatter, arg_number, get_device, hold_folder, release_folder, run_cli,
+                   share_folders, tune_malloc)
 
 BENCH_TRAIN = "results/bench/train.json"
 DEFAULT_EPS = {"attack_pgd": attack_pgd.EPS_LIST, "attack_pgd-noise": attack_pgd.NOISE_EPS_LIST,
@@ -629,7 +629,7 @@ def check_args(p, args):
 
 
 def hold_run_folders(workers, folders):
-    """Rank 0 takes the folders (models.hold_folder), the other workers share them: None, or
+    """Rank 0 takes the folders (utils.hold_folder), the other workers share them: None, or
     the message naming the run that holds one."""
     def hold_all():
         for i, f in enumerate(folders):

@@ -18,7 +18,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,9 +25,9 @@ import protocol
 from attack_common import predict
 from attack_pgd import pgd_batch
 from losses import decoupled_decay_, jacobian_loss_from_logits, margin_loss, mse_loss
-from models import (HelpFormatter, arg_number, build_model, get_device, hold_folder,
-                    load_checkpoint, progress_bar, release_folder, run_cli, save_checkpoint,
-                    tune_malloc)
+from models import build_model, load_checkpoint, save_checkpoint
+from utils import (HelpFormatter, arg_number, get_device, hold_folder, progress_bar,
+                   release_folder, run_cli, tune_malloc)
 from preprocess import (DATA_DIR, DataError, balanced_epoch_indices, cache_path,
                         canonical_data_sha256, classification_metrics, data_sha256, load_cache)
 

@@ -9,10 +9,9 @@ The loop (sampler, kernel normalisation, dead units, checkpoints, --resume) is t
 One forward, with the input requiring grad, serves the MSE, margin and regulariser terms; the
 regulariser's per-sample input gradients come from one double-backward pass (losses.py).
 """
-import sys
 
 from losses import alignment_loss_from_logits, margin_loss, mse_loss, nsr_loss_from_logits
-from models import run_cli
+from utils import run_cli
 from train_baseline import main_for
 
 ARCH = "cnn"

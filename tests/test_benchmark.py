@@ -171,7 +171,7 @@ def test_attack_scripts_take_an_outside_model(weights, sample_dir, tmp_path, cap
     """attack_pgd.py --model/--weights/--name writes a result named after --name, keyed to the
     sha256 of both files; a wrong combination of flags exits 2 saying what to give."""
     import attack_pgd
-    from models import sha256_file
+    from utils import sha256_file
     base = ["--data-dir", sample_dir, "--sample", "--max-samples", "25", "--steps", "3",
             "--eps", "0.03", "--out-dir", str(tmp_path), "--device", "cpu"]
     assert attack_pgd.main(["--model", f"{MODELS}:plain", "--weights", weights, "--name",

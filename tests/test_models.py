@@ -120,7 +120,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
 def test_progress_outside_a_terminal_writes_whole_lines(capsys, monkeypatch):
     """In a log file: plain lines (no carriage returns), and under torchrun the rank first."""
     import io
-    from models import progress_bar as progress
+    from utils import progress_bar as progress
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     log = io.StringIO()
@@ -136,7 +136,7 @@ def test_progress_outside_a_terminal_writes_whole_lines(capsys, monkeypatch):
 def test_progress_in_a_log_file_is_not_redrawn_by_its_postfix():
     """set_postfix (the training loss) must not print a line per call outside a terminal."""
     import io
-    from models import progress_bar as progress
+    from utils import progress_bar as progress
     log = io.StringIO()
     bar = progress(range(500), desc="epoch", file=log, delay=0)
     for i in bar:

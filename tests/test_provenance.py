@@ -13,7 +13,8 @@ import torch
 import preprocess
 from conftest import ROOT, needs_mitdb
 from attack_common import predict
-from models import load_checkpoint, sha256_file
+from models import load_checkpoint
+from utils import sha256_file
 
 PAPER = os.path.join(ROOT, "results", "paper")
 

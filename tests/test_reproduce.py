@@ -226,8 +226,8 @@ def test_one_writer_per_results_folder(sample_dir, tmp_path, capsys):
     (ckpt,) = (res / "checkpoints").glob("*_best.pt")
     stamp = ckpt.stat().st_mtime_ns
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, models; "
-         f"assert models.hold_folder({str(res / 'attacks')!r}) is None; print('held', flush=True); "
+        [sys.executable, "-c", "import sys, time, utils; "
+         f"assert utils.hold_folder({str(res / 'attacks')!r}) is None; print('held', flush=True); "
          "time.sleep(120)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
