@@ -26,7 +26,7 @@ provenance: the model files' and data's sha256), skipped when up to date, so a r
 queries) at eps 0.01-0.1 only, SPSA at eps 0.03 and 0.1 with 256 directions (minutes for a small
 model on a CPU). The expected time is printed before it starts.
 
-Last, the leaderboard: the model's per-beat worst case over every attack (evaluate.worst_case)
+Last, the leaderboard: the model's per-beat worst case over every attack (analysis.worst_case)
 and its paper-PGD row beside the committed rows of results/paper (mean over training seeds),
 sorted by worst-case balanced accuracy at eps 0.03: leaderboard.md, .csv and .png in the same
 folder, and benchmark.json with the model's row and provenance.
@@ -236,10 +236,10 @@ def hms(s):
 # ----------------------------------------------------------------------------- the leaderboard
 def model_rows(records):
     """Per model: {"worst": {eps: bacc}, "pgd": {eps: bacc}, "clean", "n", arch, method, seed}."""
-    import evaluate
+    import analysis
     rows = {}
-    for kind, recs in (("worst", evaluate.worst_case(records)),
-                       ("pgd", [r for r in records if evaluate.table_kind(r) == "pgd"])):
+    for kind, recs in (("worst", analysis.worst_case(records)),
+                       ("pgd", [r for r in records if analysis.table_kind(r) == "pgd"])):
         for r in recs:
             row = rows.setdefault(r["model"], {"arch": r["arch"], "cfg": r["model_config"],
                                                "worst": {}, "pgd": {}})
@@ -253,7 +253,7 @@ def model_rows(records):
 def leaderboard(user_records, committed_records, name, clean_whole):
     """A DataFrame: the model's row and one row per committed method (mean over seeds)."""
     import pandas as pd
-    import evaluate
+    import analysis
     eps_list = reproduce.DEFAULT_EPS["attack_pgd"]
     table = []
 
@@ -275,9 +275,9 @@ def leaderboard(user_records, committed_records, name, clean_whole):
     committed = model_rows(committed_records)
     groups = {}
     for model, row in committed.items():
-        groups.setdefault((row["arch"], evaluate.group_of(model)), []).append(row)
+        groups.setdefault((row["arch"], analysis.group_of(model)), []).append(row)
     for (arch, group), rows in groups.items():
-        label = evaluate.row_key(rows[0]["cfg"], arch)[1]
+        label = analysis.row_key(rows[0]["cfg"], arch)[1]
         add(label, arch, rows, rows)
     df = pd.DataFrame(table)
     mlp_beats = [r["worst"][RANK_EPS][3] for r in committed.values()
@@ -430,13 +430,13 @@ def run(args):
 
 
 def report(args, name, out, attack_dir, prov, digest, clean, preset, wall):
-    import evaluate
-    mine, _ = evaluate.load_results(attack_dir)
+    from records import load_results
+    mine, _ = load_results(attack_dir)
     # this model's results: its files' sha256 and the data (a --checkpoint's results carry the
     # checkpoint's own run name; the row takes --name)
     mine = [dict(r, model=name) for r in mine if r["checkpoint_sha256"] == prov["sha256"]
             and canonical_data_sha256(r["data_sha256"]) == digest]
-    theirs, _ = evaluate.load_results(os.path.join(args.compare_dir, "attacks")) \
+    theirs, _ = load_results(os.path.join(args.compare_dir, "attacks")) \
         if os.path.isdir(os.path.join(args.compare_dir, "attacks")) else ([], [])
     same_data = lambda r: canonical_data_sha256(r["data_sha256"]) == digest
     other_data = sorted({r["data_sha256"][:12] for r in theirs if not same_data(r)})

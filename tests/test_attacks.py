@@ -285,13 +285,13 @@ def test_autoattack_eps_one_drives_accuracy_to_zero(trained, name):
 
 
 def test_autoattack_cli_result_is_read_by_evaluate(checkpoint, sample_dir, tmp_path):
-    import evaluate
+    from records import load_results
     out = tmp_path / "attacks"
     argv = ["--checkpoint", checkpoint, "--sample", "--data-dir", sample_dir, "--eps", "0.05",
             "--steps", "5", "--n-queries", "50", "--max-samples", "25", "--out-dir", str(out),
             "--device", "cpu", "--attacks", "apgd-ce", "square"]
     assert attack_autoattack.main(argv) == 0
-    records, skipped = evaluate.load_results(str(out))
+    records, skipped = load_results(str(out))
     assert not skipped and sorted(r["attack"] for r in records) == ["apgd-ce", "square"]
     for r in records:
         assert r["max_linf"] <= 0.05 + 1e-6 and r["in_range"] and len(r["labels"]) == 25
@@ -340,8 +340,8 @@ def test_results_recomputed_unless_provenance_matches(trained, sample_dir, tmp_p
     tmp = out / ".mlp_ce_s0__pgd-paper-ce-s3-r1-n25__eps0.1.json.x1.tmp"
     tmp.write_text(path.read_text())
     os.utime(tmp, (time.time() - 3600, time.time() - 3600))
-    import evaluate
-    records, skipped = evaluate.load_results(str(out))
+    from records import load_results
+    records, skipped = load_results(str(out))
     assert len(records) == 2 and not skipped
     run()
     assert not tmp.exists()

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import benchmark
-import evaluate
+from attack_common import read_result
+import analysis
 from conftest import ROOT
 
 MODELS = os.path.join(ROOT, "tests", "bench_models.py")
@@ -138,12 +139,12 @@ def test_leaderboard_ranks_a_committed_model_as_its_own_row():
     paths = glob.glob(os.path.join(ROOT, "results", "paper", "attacks", "mlp_nsr_0.4_s0__*.json"))
     if not paths:
         pytest.skip("results/paper not present")
-    records = [dict(evaluate.read_result(p), path=p) for p in paths]
+    records = [dict(read_result(p), path=p) for p in paths]
     mine = [dict(r, model="mine", arch="user") for r in records]
     others = [r for r in records]
     df = benchmark.leaderboard(mine, others, "mine", 0.9)
     want = {w["eps"]: w["adversarial"]["balanced_accuracy"]
-            for w in evaluate.worst_case(records)}
+            for w in analysis.worst_case(records)}
     row = df[df["arch"] == "yours"].iloc[0]
     assert row["worst_0.03"] == pytest.approx(want[0.03])
     assert row["worst_0.03"] == pytest.approx(df[df["arch"] == "mlp"].iloc[0]["worst_0.03"])

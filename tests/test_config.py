@@ -4,7 +4,7 @@ a finished run is reused only when its stored config is the one asked for."""
 import pytest
 import torch
 
-import evaluate
+import analysis
 import protocol
 import reproduce
 import train_baseline
@@ -64,7 +64,7 @@ def test_an_edited_constant_gives_a_new_name_and_label(monkeypatch, tmp_path, mo
         assert cfg["name"] != paper[run]["name"], (run, cfg["name"])
         assert not reproduce.finished(cfg), cfg["name"]
         if constant not in ("SEED", "ADV_EPS"):
-            (_, label), (_, paper_label) = (evaluate.row_key(c, run[0]) for c in (cfg, paper[run]))
+            (_, label), (_, paper_label) = (analysis.row_key(c, run[0]) for c in (cfg, paper[run]))
             assert label != paper_label and label.startswith(paper_label.rstrip(")")), label
     assert changed, f"editing {constant} changed no run"
 
@@ -83,6 +83,6 @@ def test_a_checkpoint_of_other_settings_is_never_reused(tmp_path):
 def test_label_names_every_difference():
     cfg = train_baseline.make_config("cnn", "nsr", nsr_eps=0.02)
     assert cfg["name"] == "cnn_nsr_0.3_ne0.02_s0"
-    assert evaluate.row_key(cfg, "cnn")[1] == "method 2 (NSR, nsr_eps 0.02)"
+    assert analysis.row_key(cfg, "cnn")[1] == "method 2 (NSR, nsr_eps 0.02)"
     cfg = train_baseline.make_config("mlp", "ce", lr=0.002, batch_size=64)
-    assert evaluate.row_key(cfg, "mlp")[1] == "CE (batch_size 64, lr 0.002)"
+    assert analysis.row_key(cfg, "mlp")[1] == "CE (batch_size 64, lr 0.002)"

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import evaluate
+import analysis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = os.path.join(ROOT, "results", "paper")
@@ -117,7 +118,7 @@ def test_headline_picks_ce_nsr_and_the_best_others():
                  ("mlp_adv", 0.7, np.nan), ("mlp_mse", 0.2, 0.0)])
     pgd = agg([("mlp_ce", 0.2, 0.0), ("mlp_nsr", 0.9, 0.5), ("mlp_jacob", 0.8, 0.3),
                ("mlp_adv", 0.7, 0.6), ("mlp_mse", 0.95, 0.9)])
-    head = evaluate.headline({"mlp": {"worst": worst, "pgd": pgd}}, (0.03, 0.1), 2)
+    head = analysis.headline({"mlp": {"worst": worst, "pgd": pgd}}, (0.03, 0.1), 2)
     assert list(head["model"]) == ["mlp_ce", "mlp_nsr", "mlp_jacob", "mlp_adv"]
     assert head.set_index("model").loc["mlp_nsr", "pgd_0.03"] == 0.9
     md = evaluate.headline_markdown(head, (0.03, 0.1))

@@ -8,6 +8,9 @@ import pytest
 import torch
 
 import evaluate
+from records import load_histories
+import checks
+import analysis
 import reproduce
 
 CFG = {"ce": {"method": "ce", "arch": "cnn", "name": "cnn_ce"},
@@ -264,7 +267,7 @@ def test_training_table_marks_runs_still_training(tmp_path):
              for e in range(epochs_done)]
         torch.save({"arch": "mlp", "config": cfg, "history": h},
                    tmp_path / f"{cfg['name']}.pt")
-    histories = evaluate.load_histories(str(tmp_path))
+    histories = load_histories(str(tmp_path))
     lines = "\n".join(evaluate.training_section(histories))
     assert "| mlp_ce_s0 | 50 |" in lines
     assert "| mlp_nsr_0.4_s0 | 10 of 50 (training) |" in lines
@@ -444,8 +447,34 @@ def test_worst_case_combines_only_one_checkpoint_and_data():
                       data_sha256="77" * 32)
     for i, r in enumerate((pgd, other, other_data)):
         r["path"] = f"r{i}.json"
-    (w,) = evaluate.worst_case([pgd, other, other_data])
+    (w,) = analysis.worst_case([pgd, other, other_data])
     assert w["adversarial"]["accuracy"] == pytest.approx(18 / 20)
     assert w["sources"] == ["r0.json"]
-    status, _ = evaluate.check_autoattack([pgd, other, other_data])
+    status, _ = checks.check_autoattack([pgd, other, other_data])
     assert status == "not run"
+
+
+def test_check7_fails_on_a_worst_case_that_is_not_one(tmp_path):
+    """Check 7 passes on the worst case evaluate computes, and FAILS, naming model, eps and the
+    run, when a cell counts a beat as robust that a run fooled (at its eps or a smaller one), or
+    when an attacked model/eps has no cell."""
+    clean_set(str(tmp_path))
+    recs, _ = load_results_of(tmp_path)
+    worst = analysis.worst_case(recs)
+    assert checks.check_worst_case(recs, worst)[0] == "PASS"
+    # a cell that forgot the beats the paper's PGD fooled at eps 0.01 (nested into 0.03)
+    broken = [dict(w, adv_pred=list(w["labels"])) if (w["model"], w["eps"]) == ("cnn_ce", 0.03)
+              else w for w in worst]
+    status, detail = checks.check_worst_case(recs, broken)
+    assert status == "FAIL" and "cnn_ce eps 0.03:" in detail and "count as robust" in detail
+    missing = [w for w in worst if (w["model"], w["eps"]) != ("cnn_nsr_0.3", 0.1)]
+    status, detail = checks.check_worst_case(recs, missing)
+    assert status == "FAIL" and "cnn_nsr_0.3 eps 0.1: attacked, but no worst-case cell" in detail
+    # only one attack at every eps: nothing to take a worst case over
+    pgd_only = [r for r in recs if r["attack"] == "pgd-paper" and r["eps"] < 1]
+    assert checks.check_worst_case(pgd_only, analysis.worst_case(pgd_only))[0] == "not run"
+
+
+def load_results_of(d):
+    from records import load_results
+    return load_results(os.path.join(str(d), "attacks"))
