@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import ModelLoadError, load_checkpoint, load_user_model
+from models import ModelLoadError, load_checkpoint, load_user_model, predict  # noqa: F401
 from utils import (HelpFormatter, arg_number, atomic_write, files_sha256, get_device, hold_folder,
                    release_folder, run_info, sha256_file)
 from preprocess import (DATA_DIR, DataError, balanced_subset, cache_path, canonical_data_sha256,
@@ -41,10 +41,6 @@ STALE_TMP_S = 600          # temp files older than this are left-overs of a kill
 
 # ----------------------------------------------------------------------------- the target
 @torch.no_grad()
-def predict(model, x, batch_size=4096):
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
 def model_id(ckpt, checkpoint):
     """The run name for a run's _best checkpoint (the one every table uses); another file of the
     run is told apart: `{name}_last` for its last checkpoint, else the file's own stem."""

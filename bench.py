@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+import protocol
 from models import build_model
 from utils import (HelpFormatter, arg_number, atomic_write, get_device, run_cli, run_info,
                    set_seed, tune_malloc)
@@ -77,10 +78,7 @@ def pretrained(arch, x, y, device, steps=300):
     return model
 
 
-TRAIN_METHODS = [("ce", {}), ("mse", {}), ("mse_margin", {}),
-                 ("jacob", {"beta": 0.7, "jacob_norm": 1}),
-                 ("adv", {"adv_eps": 0.1, "adv_steps": 10, "adv_step_size": 0.01}),
-                 ("align", {}), ("nsr", {"nsr_eps": 0.01, "nsr_max_noise": 1.0})]
+TRAIN_METHODS = protocol.METHODS         # each at the paper's settings (protocol.paper_config)
 
 
 def train_setup(arch, method, device):
@@ -88,21 +86,18 @@ def train_setup(arch, method, device):
     settings, seeded."""
     import train_baseline
     import train_nsr
-    cfg = {"method": method, "arch": arch, "lr": 1e-3, "margin": 1.0, "decay_l1": 0.01,
-           "decay_l2": 0.01, **dict(TRAIN_METHODS)[method]}
-    nsr_like = method in ("nsr", "align")
-    if nsr_like:
-        cfg["beta"] = (train_nsr.NSR_BETA if method == "nsr" else train_nsr.ALIGN_BETA)[arch]
-    objective = train_nsr.nsr_objective if nsr_like else train_baseline.baseline_objective
+    cfg = protocol.paper_config(arch, method)
+    objective = train_nsr.nsr_objective if method in train_nsr.METHODS \
+        else train_baseline.baseline_objective
     set_seed(SEED)
-    model = build_model(arch, bias=method != "align").to(device)
-    opt = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    model = build_model(arch, bias=cfg["bias"]).to(device)
+    opt = torch.optim.Adamax(model.parameters(), lr=cfg["lr"])
     return model, opt, cfg, objective, torch.Generator(device=device).manual_seed(SEED)
 
 
 def bench_train(args):
-    import train_baseline
     import train_nsr
+    import training
     device = get_device(args.device)
     data = load_cache(args.data_dir, not args.no_sample)
     y_np = data["Y_train"].numpy()
@@ -113,12 +108,12 @@ def bench_train(args):
                                      "repeats": args.repeats, "threads": torch.get_num_threads()},
                         **run_info(device)}
     for arch in args.archs:
-        for method, _ in TRAIN_METHODS:
+        for method in TRAIN_METHODS:
             model, opt, cfg, objective, gen = train_setup(arch, method, device)
 
             def run_steps():
                 for x, y in batches:
-                    train_baseline.train_step(model, opt, x, y, cfg, objective, gen)
+                    training.train_step(model, opt, x, y, cfg, objective, gen)
             med, _ = median_time(run_steps, args.repeats)
             sps = len(idx) / med
             rows.append({"arch": arch, "method": method, "samples_per_s": sps,
@@ -129,8 +124,8 @@ def bench_train(args):
     # vectorised NSR step vs the per-class loop, interleaved in one run
     ratio_rows = []
     for arch in args.archs:
-        beta = train_nsr.NSR_BETA[arch]
-        cfg = {"method": "nsr", "margin": 1.0, "beta": beta, "nsr_eps": 0.01, "nsr_max_noise": 1.0}
+        cfg = protocol.paper_config(arch, "nsr")
+        beta = cfg["beta"]
         model = pretrained(arch, xs, ys, device)
         x, y = batches[0]
         correct_frac = float((model(x).argmax(1) == y).float().mean())
@@ -337,7 +332,7 @@ def bench_steps(args):
     import attack_autoattack
     import attack_pgd
     import attack_spsa
-    import train_baseline
+    import training
     from attack_common import predict
     device = get_device(args.device)
     torch.manual_seed(SEED)
@@ -349,10 +344,10 @@ def bench_steps(args):
                            "square_queries": attack_autoattack.N_QUERIES},
               **run_info(device), "train": [], "attack": []}
     for arch in args.archs:
-        for method, _ in TRAIN_METHODS:
+        for method in TRAIN_METHODS:
             model, opt, cfg, objective, gen = train_setup(arch, method, device)
             x, y = beats(BATCH_SIZE), torch.randint(0, 5, (BATCH_SIZE,), device=device)
-            step = lambda: train_baseline.train_step(model, opt, x, y, cfg, objective, gen)
+            step = lambda: training.train_step(model, opt, x, y, cfg, objective, gen)
             step()                      # the optimizer's state exists from the second step on
             record["train"].append({"arch": arch, "method": method, **count_ops(step)})
         set_seed(SEED)

@@ -40,7 +40,7 @@ from attack_autoattack import ATTACKS as AUTOATTACKS  # noqa: E402
 from checks import sanity_checks  # noqa: E402
 from models import CLASS_NAMES  # noqa: E402
 from preprocess import canonical_data_sha256, data_digest, read_cache  # noqa: E402
-from protocol import ARCHS  # noqa: E402
+from protocol import ARCHS, PRESETS, per_arch  # noqa: E402
 from records import load_histories, load_results, vouch  # noqa: E402
 from utils import HelpFormatter, atomic_write, git_commit, run_cli, sha256_file  # noqa: E402
 
@@ -310,10 +310,9 @@ def plot_example_beats(records, path, eps=EXAMPLE_EPS):
 
 # ----------------------------------------------------------------------------- report
 def subset_lines(records):
-    """Beats per arch and attack beside what the paper's protocol asks (reproduce.PRESETS
+    """Beats per arch and attack beside what the paper's protocol asks (protocol.PRESETS
     ["paper"]): a run on fewer beats (the CNN's SPSA and AutoAttack subsets, shrunk to fit a
     CPU) is named as smaller. Within 10% counts as the protocol (class F has 161 test beats)."""
-    from reproduce import PRESETS, per_arch     # here, not at the top: reproduce imports us
     paper = PRESETS["paper"]
     asked = {"spsa": lambda a: 5 * per_arch(paper["spsa"]["per_class"], a),
              "autoattack": lambda a: per_arch(paper["autoattack"]["max_samples"], a),

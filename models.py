@@ -136,6 +136,12 @@ class CNN(KernelNormMixin, nn.Module):
         return self.linear2(F.relu(self.linear1(x.flatten(1))))
 
 
+@torch.no_grad()
+def predict(model, x, batch_size=4096):
+    """Predicted classes of beats x (N, 187), in batches."""
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
 def build_model(arch, bias=True):
     if arch == "mlp":
         return MLP(bias=bias)

@@ -1,6 +1,7 @@
 """The paper's protocol as data (METHOD.md 3-6): the frozen values every run is compared with.
 
-Imports nothing of this project, so every script can read it. A script's UPPER_CASE constants
+Imports nothing of this project, so every script can read it. Also the presets of reproduce.py
+(quick: the demo; paper: the paper's protocol) with their models and attack budgets. A script's UPPER_CASE constants
 are its editable defaults; the values here are the reference: a run whose config differs from
 them in any setting gets a name (and a report label) that says so (config.py).
 """
@@ -34,6 +35,46 @@ PAPER_MODELS = (("ce", {}), ("mse", {}), ("mse_margin", {}), ("jacob", {}),
                 ("align", {}), ("nsr", {}))
 QUICK_MODELS = (("ce", {}), ("mse_margin", {}), ("jacob", {}), ("adv", {"adv_eps": 0.1}),
                 ("nsr", {}))
+
+
+# Attack settings per preset. A value given as {"mlp": .., "cnn": ..} is per arch; "seeds": the
+# training seeds it runs on ("all" or a list); eps lists default to each attack script's EPS_LIST.
+PRESETS = {
+    "quick": {"results": "results", "models": QUICK_MODELS, "epochs": 6,
+              "max_train_samples": 4000,
+              "pgd": {"steps": 50, "max_samples": 200},          # 40 beats per class
+              "pgd_check": {"steps": 20, "sign_restarts": 2, "eps_one": True},
+              "spsa": {"per_class": 3, "steps": 20, "n_dirs": 64, "eps": [0.03, 0.1],
+                       "seeds": "all"},
+              # FAB-T on fewer beats and eps: at 10 steps it costs ~2x APGD-T per beat
+              "autoattack": {"attacks": ["apgd-ce", "apgd-t", "fab-t"], "steps": 10,
+                             "max_samples": 200, "seeds": "all",
+                             "per_attack": {"fab-t": {"max_samples": 25, "eps": [0.03, 0.1]}}},
+              "square": {"n_queries": 300, "max_samples": 25, "eps": [0.03, 0.1],
+                         "seeds": "all"},
+              "noise": {"max_samples": 200}},
+    "paper": {"results": "results/paper", "results_md": "RESULTS.md", "models": PAPER_MODELS,
+              "epochs": 50,
+              "max_train_samples": None,
+              "pgd": {"steps": 100, "max_samples": None},
+              "pgd_check": {"steps": 20, "sign_restarts": 5, "eps_one": True, "max_samples": 1000},
+              "spsa": {"per_class": {"mlp": 162, "cnn": 40}, "steps": 100, "n_dirs": 2048,
+                       "eps": {"mlp": list(SPSA_EPS), "cnn": [0.03, 0.1]}, "seeds": [0],
+                       "shards": 4},
+              # AutoAttack on every seed (the protocol asks seed 0): about 30 min per MLP seed
+              # on 2 CPU cores, and the worst-case table becomes a mean over seeds
+              "autoattack": {"attacks": ["apgd-ce", "apgd-t", "fab-t"], "steps": 100,
+                             "max_samples": {"mlp": 1000, "cnn": 500}, "seeds": "all",
+                             "shards": 2},
+              "square": {"n_queries": 5000, "max_samples": {"mlp": 1000, "cnn": 500},
+                         "eps": None, "seeds": "all", "shards": 2},
+              "noise": {"max_samples": None}},
+}
+
+
+def per_arch(value, arch):
+    """A preset value given per arch ({"mlp": .., "cnn": ..}), or the same for both."""
+    return value[arch] if isinstance(value, dict) else value
 
 
 def paper_config(arch, method):

@@ -38,8 +38,10 @@ import attack_pgd
 import attack_spsa
 import evaluate
 import preprocess
+import protocol
 import train_baseline
 import train_nsr
+import training
 from utils import (HelpFormatter, arg_number, get_device, hold_folder, release_folder, run_cli,
                    share_folders, tune_malloc)
 
@@ -48,51 +50,17 @@ DEFAULT_EPS = {"attack_pgd": attack_pgd.EPS_LIST, "attack_pgd-noise": attack_pgd
                "attack_spsa": attack_spsa.EPS_LIST, "attack_autoattack": attack_autoattack.EPS_LIST}
 BENCH_ATTACK = "results/bench/attack_{arch}.json"
 
-# (method, settings that differ from the paper's) of each model; train_baseline.make_config
-# builds the rest, and its name and flags come from that config.
-PAPER_MODELS = [("ce", {}), ("mse", {}), ("mse_margin", {}), ("jacob", {}),
-                ("adv", {"adv_eps": 0.1}), ("adv", {"adv_eps": 0.2}), ("adv", {"adv_eps": 0.3}),
-                ("align", {}), ("nsr", {})]
-QUICK_MODELS = [("ce", {}), ("mse_margin", {}), ("jacob", {}), ("adv", {"adv_eps": 0.1}),
-                ("nsr", {})]
-
-# Attack settings per preset. A value given as {"mlp": .., "cnn": ..} is per arch; "seeds": the
-# training seeds it runs on ("all" or a list); eps lists default to each script's paper list.
-PRESETS = {
-    "quick": {"results": "results", "models": QUICK_MODELS, "epochs": 6,
-              "max_train_samples": 4000,
-              "pgd": {"steps": 50, "max_samples": 200},          # 40 beats per class
-              "pgd_check": {"steps": 20, "sign_restarts": 2, "eps_one": True},
-              "spsa": {"per_class": 3, "steps": 20, "n_dirs": 64, "eps": [0.03, 0.1],
-                       "seeds": "all"},
-              # FAB-T on fewer beats and eps: at 10 steps it costs ~2x APGD-T per beat
-              "autoattack": {"attacks": ["apgd-ce", "apgd-t", "fab-t"], "steps": 10,
-                             "max_samples": 200, "seeds": "all",
-                             "per_attack": {"fab-t": {"max_samples": 25, "eps": [0.03, 0.1]}}},
-              "square": {"n_queries": 300, "max_samples": 25, "eps": [0.03, 0.1],
-                         "seeds": "all"},
-              "noise": {"max_samples": 200}},
-    "paper": {"results": "results/paper", "results_md": "RESULTS.md", "models": PAPER_MODELS,
-              "epochs": 50,
-              "max_train_samples": None,
-              "pgd": {"steps": 100, "max_samples": None},
-              "pgd_check": {"steps": 20, "sign_restarts": 5, "eps_one": True, "max_samples": 1000},
-              "spsa": {"per_class": {"mlp": 162, "cnn": 40}, "steps": 100, "n_dirs": 2048,
-                       "eps": {"mlp": attack_spsa.EPS_LIST, "cnn": [0.03, 0.1]}, "seeds": [0],
-                       "shards": 4},
-              # AutoAttack on every seed (the protocol asks seed 0): about 30 min per MLP seed
-              # on 2 CPU cores, and the worst-case table becomes a mean over seeds
-              "autoattack": {"attacks": ["apgd-ce", "apgd-t", "fab-t"], "steps": 100,
-                             "max_samples": {"mlp": 1000, "cnn": 500}, "seeds": "all",
-                             "shards": 2},
-              "square": {"n_queries": 5000, "max_samples": {"mlp": 1000, "cnn": 500},
-                         "eps": None, "seeds": "all", "shards": 2},
-              "noise": {"max_samples": None}},
-}
+# the presets (models, budgets, subsets) are protocol.py's data
+PRESETS, PAPER_MODELS, QUICK_MODELS = protocol.PRESETS, protocol.PAPER_MODELS, protocol.QUICK_MODELS
+per_arch = protocol.per_arch
+# the script that trains each method (its constants are the run's defaults)
+TRAINERS = {**{m: train_baseline for m in train_baseline.METHODS},
+            **{m: train_nsr for m in train_nsr.METHODS}}
 
 
-def per_arch(value, arch):
-    return value[arch] if isinstance(value, dict) else value
+def make_config(arch, method, **overrides):
+    """A run's config, built by the training script of its method."""
+    return TRAINERS[method].make_config(arch, method, **overrides)
 
 
 ATTACK_KINDS = ["pgd", "noise", "checks", "autoattack", "square", "spsa"]
@@ -194,7 +162,7 @@ DEFAULT_SPS.update({("cnn", m): v for m, v in [("ce", 6.2e3), ("mse", 6.7e3),
 def last_checkpoint(cfg):
     """cfg's last checkpoint ({"epoch", "history", ...}); None before it starts or when it
     cannot be read. Loaded once per file version (the plan and both phases ask)."""
-    path = train_baseline.checkpoint_paths(cfg)[0]
+    path = training.checkpoint_paths(cfg)[0]
     try:
         return _load_checkpoint(path, os.stat(path).st_mtime_ns)
     except Exception:
@@ -211,15 +179,14 @@ def finished(cfg):
     (a checkpoint of other settings is never reused: its --resume is refused, naming them)."""
     ckpt = last_checkpoint(cfg)
     return ckpt is not None and ckpt.get("epoch", -1) + 1 >= cfg["epochs"] \
-        and not train_baseline.setting_changes(ckpt.get("config", {}), cfg)
+        and not training.setting_changes(ckpt.get("config", {}), cfg)
 
 
 def train_configs(preset, archs, seeds, device, data_dir, sample, ckpt_dir):
     """Every training run of a preset, as make_config builds it."""
-    return [train_baseline.make_config(arch, method, seed=seed, epochs=preset["epochs"],
-                                       max_train_samples=preset["max_train_samples"],
-                                       device=device, data_dir=data_dir, sample=sample,
-                                       out_dir=ckpt_dir, **extra)
+    return [make_config(arch, method, seed=seed, epochs=preset["epochs"],
+                        max_train_samples=preset["max_train_samples"], device=device,
+                        data_dir=data_dir, sample=sample, out_dir=ckpt_dir, **extra)
             for seed in seeds for arch in archs for method, extra in preset["models"]]
 
 
@@ -733,9 +700,9 @@ def run_preset(args, preset, results, workers, device, t_start):
         if finished(cfg):
             print(f"=== train {cfg['name']}: done, skipped")
             continue
-        fn = train_nsr.main if cfg["method"] in train_nsr.METHODS else train_baseline.main
-        resume = ["--resume"] if os.path.exists(train_baseline.checkpoint_paths(cfg)[0]) else []
-        train_tasks.append((f"train {cfg['name']}", fn, train_baseline.config_argv(cfg) + resume))
+        script = TRAINERS[cfg["method"]]
+        resume = ["--resume"] if os.path.exists(training.checkpoint_paths(cfg)[0]) else []
+        train_tasks.append((f"train {cfg['name']}", script.main, script.config_argv(cfg) + resume))
 
     # --- attacks: one task per (model, attack, eps), dearest first; each waits for its model
     attack_dir = os.path.join(results, "attacks")
@@ -745,7 +712,7 @@ def run_preset(args, preset, results, workers, device, t_start):
             # e.g. attacking seed 0 while another command still trains it: a later run does it
             print(f"=== attacks on {cfg['name']}: its training has not finished, skipped")
             continue
-        target = ["--checkpoint", train_baseline.checkpoint_paths(cfg)[1], "--device",
+        target = ["--checkpoint", training.checkpoint_paths(cfg)[1], "--device",
                   device, "--out-dir", attack_dir, *data_flags]
         for task in attack_tasks(preset, cfg, target, args.attacks):
             attack_tasks_.append(task)

@@ -5,21 +5,29 @@ alignment (method 1). Both add to MSE + margin, on the correctly classified samp
     python train_nsr.py --arch mlp --method align          # w 0.2 (CNN), 1.0 (MLP); no biases
     python train_nsr.py --arch cnn --method nsr --beta 0.5 --epochs 5 --resume
 
-The loop (sampler, kernel normalisation, dead units, checkpoints, --resume) is train_baseline's.
+The loop (sampler, kernel normalisation, dead units, checkpoints, --resume) is training.py's.
 One forward, with the input requiring grad, serves the MSE, margin and regulariser terms; the
 regulariser's per-sample input gradients come from one double-backward pass (losses.py).
 """
+import argparse
 
+import protocol
+import training
 from losses import alignment_loss_from_logits, margin_loss, mse_loss, nsr_loss_from_logits
-from utils import run_cli
-from train_baseline import main_for
+from utils import HelpFormatter, arg_number, run_cli
 
 ARCH = "cnn"
 METHOD = "nsr"
+EPOCHS = 50
+BATCH_SIZE = 128
+LR = 1e-3                               # Adamax
+MARGIN = 1.0
+SEED = 0
 NSR_BETA = {"cnn": 0.3, "mlp": 0.4}     # loss = MSE + margin + beta * NSR
 ALIGN_BETA = {"cnn": 0.2, "mlp": 1.0}   # loss = MSE + margin + w * alignment
 NSR_EPS = 0.01                          # NSR_i = n_i / (|s_i| + 0.01)
 NSR_MAX_NOISE = 1.0                     # n_i = ||d s_i/d x_i||_1 * 1.0 (L-inf budget 1)
+OUT_DIR = "results/checkpoints"
 METHODS = ("nsr", "align")
 
 
@@ -37,8 +45,58 @@ def nsr_objective(model, x, y, cfg, gen=None):
     return loss, {"mse": mse.item(), "margin": mar.item(), cfg["method"]: reg.item()}
 
 
+def default_config(arch, method):
+    """One run's defaults: the UPPER_CASE constants above, as edited there (the paper's values
+    unless someone changed them; training.run_name compares with protocol.py's frozen ones)."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not train_nsr.py's ({', '.join(METHODS)}); "
+                         "train it with train_baseline.py")
+    cfg = protocol.paper_config(arch, method)      # the keys a method has, and their checks
+    cfg.update(batch_size=BATCH_SIZE, lr=LR, margin=MARGIN, seed=SEED, epochs=EPOCHS,
+               out_dir=OUT_DIR)
+    if method == "nsr":
+        cfg.update(beta=NSR_BETA[arch], nsr_eps=NSR_EPS, nsr_max_noise=NSR_MAX_NOISE)
+    else:
+        cfg.update(beta=ALIGN_BETA[arch])
+    return cfg
+
+
+def make_config(arch, method, **overrides):
+    """The whole config of a run (training.make_config over this script's defaults)."""
+    return training.make_config(default_config(arch, method), **overrides)
+
+
+def config_argv(cfg):
+    """The flags that rebuild cfg with main()."""
+    return training.config_argv(cfg, default_config(cfg["arch"], cfg["method"]))
+
+
+def get_args_parser():
+    """This script's flags, defaults from the constants above."""
+    num = arg_number
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--arch", choices=list(protocol.ARCHS), default=ARCH, help="model")
+    p.add_argument("--method", choices=METHODS, default=METHOD,
+                   help="nsr (method 2) or align (method 1)")
+    training.add_run_args(p, default_config(ARCH, METHOD))
+    p.add_argument("--beta", type=num(float, 0), default=None,
+                   help=f"regulariser weight (default: nsr {NSR_BETA}, align {ALIGN_BETA})")
+    p.add_argument("--nsr-eps", type=num(float, 0, lo_open=True), default=None,
+                   help=f"nsr: NSR_i = n_i / (|s_i| + nsr_eps) (default {NSR_EPS})")
+    p.add_argument("--nsr-max-noise", type=num(float, 0, lo_open=True), default=None,
+                   help=f"nsr: L-inf budget behind n_i (default {NSR_MAX_NOISE})")
+    return p
+
+
 def main(argv=None):
-    return main_for(__doc__.split("\n")[0], METHODS, METHOD, nsr_objective, argv)
+    """Parse flags into the run's config and train it; exit 2 on bad input."""
+    p = get_args_parser()
+    args = vars(p.parse_args(argv))
+    try:
+        cfg = make_config(args.pop("arch"), args.pop("method"), **args)
+    except ValueError as e:
+        p.error(str(e))
+    return training.run(cfg, nsr_objective)
 
 
 if __name__ == "__main__":

@@ -262,8 +262,9 @@ def progress_bar(iterable=None, **kw):
     return tqdm(iterable, file=stream, **kw)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help as a man page: a flag's default is shown once, never as "(default: None)" or
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help as a man page: the description as written (a script's docstring), a flag's default
+    shown once, never as "(default: None)" or
     "(default: False)", not again where its help already names it, and a path default as the
     relative path it is on any machine."""
 

@@ -260,9 +260,8 @@ def test_three_seeds_mean_std_and_paired_intervals(tmp_path):
 
 def test_training_table_marks_runs_still_training(tmp_path):
     """A run whose last checkpoint has fewer epochs than its config is shown as in training."""
-    import train_baseline
     for epochs_done, method in ((50, "ce"), (10, "nsr")):
-        cfg = train_baseline.make_config("mlp", method, epochs=50)
+        cfg = reproduce.make_config("mlp", method, epochs=50)
         h = [{"epoch": e, "val_balanced_accuracy": 0.5 + e / 100, "samples": 100, "seconds": 1.0}
              for e in range(epochs_done)]
         torch.save({"arch": "mlp", "config": cfg, "history": h},

@@ -2,13 +2,13 @@
 import pytest
 
 import reproduce
-import train_baseline
+import training
 
 TARGET = ["--checkpoint", "results/paper/checkpoints/mlp_ce_s0_best.pt"]
 
 
 def paper_tasks(kinds=reproduce.ATTACK_KINDS, seed=0):
-    cfg = train_baseline.make_config("mlp", "ce", seed=seed, epochs=50)
+    cfg = reproduce.make_config("mlp", "ce", seed=seed, epochs=50)
     return reproduce.attack_tasks(reproduce.PRESETS["paper"], cfg, TARGET, kinds)
 
 
@@ -75,11 +75,11 @@ def test_training_left_is_calibrated_by_measured_epochs(tmp_path):
     """A started run counts its own epochs left at its measured pace; a run not started counts
     the bench estimate scaled by how much slower the started runs were than the bench."""
     import torch
-    cfgs = [train_baseline.make_config("mlp", m, epochs=50, out_dir=str(tmp_path))
+    cfgs = [reproduce.make_config("mlp", m, epochs=50, out_dir=str(tmp_path))
             for m in ("ce", "nsr")]
     per_epoch = 290030
     bench_ce = reproduce.train_estimate_s(cfgs[0], per_epoch) / 50
-    last = train_baseline.checkpoint_paths(cfgs[0])[0]
+    last = training.checkpoint_paths(cfgs[0])[0]
     history = [{"epoch": e, "seconds": 3 * bench_ce} for e in range(10)]    # 3x the bench
     torch.save({"history": history, "epoch": 9}, last)
     left = reproduce.train_left_minutes(cfgs, per_epoch) * 60
@@ -120,7 +120,7 @@ def test_gpu_estimate_from_op_counts(tmp_path, monkeypatch):
     path.write_text(json.dumps(counts))
     monkeypatch.setattr(reproduce, "BENCH_STEPS", str(path))
     preset = reproduce.PRESETS["paper"]
-    cfgs = [train_baseline.make_config("mlp", m, epochs=50) for m in ("ce", "nsr")]
+    cfgs = [reproduce.make_config("mlp", m, epochs=50) for m in ("ce", "nsr")]
     t = reproduce.gpu_task_seconds(preset, cfgs, 1280, 4096, 2048, ["mlp"], [0], op_us=10,
                                    tflops=1)
     # a run: 50 epochs x (10 steps of 100 ops + one validation forward: 10 ops, 3 s of FLOPs)

@@ -7,6 +7,8 @@ import torch
 
 import train_baseline
 import train_nsr
+import reproduce
+import training
 from conftest import needs_mitdb
 from models import build_model, load_checkpoint
 from preprocess import balanced_epoch_indices
@@ -15,7 +17,7 @@ BASELINE_ARGS = {"ce": [], "mse": [], "mse_margin": [], "jacob": [], "adv": ["--
 
 
 def config(method, arch, sample_dir, tmp_path, **overrides):
-    cfg = train_baseline.make_config(arch, method, sample=True, data_dir=sample_dir,
+    cfg = reproduce.make_config(arch, method, sample=True, data_dir=sample_dir,
                                      out_dir=str(tmp_path), device="cpu", **overrides)
     objective = (train_nsr.nsr_objective if method in train_nsr.METHODS
                  else train_baseline.baseline_objective)
@@ -39,7 +41,7 @@ def test_a_few_steps_decrease_the_loss(method, arch, sample_cache, sample_dir, t
 
     before = loss_now()
     for _ in range(15):
-        train_baseline.train_step(model, opt, x, y, cfg, objective, torch.Generator())
+        training.train_step(model, opt, x, y, cfg, objective, torch.Generator())
     after = loss_now()
     assert np.isfinite(after) and after < before, (before, after)
 
@@ -130,7 +132,7 @@ def test_non_finite_loss_stops_without_checkpoint(sample_dir, tmp_path, capsys, 
 
 
 def test_run_names_carry_seed_and_non_paper_settings():
-    mk = train_baseline.make_config
+    mk = reproduce.make_config
     assert mk("cnn", "ce")["name"] == "cnn_ce_s0"
     assert mk("mlp", "adv", adv_eps=0.2, seed=2)["name"] == "mlp_adv_0.2_s2"
     assert mk("mlp", "adv", adv_steps=3)["name"] == "mlp_adv_0.1_k3_s0"
@@ -146,15 +148,15 @@ def test_run_names_carry_seed_and_non_paper_settings():
                                           ("nsr", {"beta": 0.5}), ("jacob", {"lr": 0.002})])
 def test_config_argv_rebuilds_the_config(method, extra, tmp_path):
     """reproduce.py passes config_argv(cfg) to main(): the script must build the same config."""
-    cfg = train_baseline.make_config("mlp", method, epochs=1, out_dir=str(tmp_path), **extra)
+    cfg = reproduce.make_config("mlp", method, epochs=1, out_dir=str(tmp_path), **extra)
     script = train_nsr if method in train_nsr.METHODS else train_baseline
     seen = {}
-    orig = train_baseline.train
-    train_baseline.train = lambda c, objective: seen.update(c)
+    orig = training.train
+    training.train = lambda c, objective: seen.update(c)
     try:
-        assert script.main(train_baseline.config_argv(cfg)) == 0
+        assert script.main(script.config_argv(cfg)) == 0
     finally:
-        train_baseline.train = orig
+        training.train = orig
     assert seen == cfg
 
 
