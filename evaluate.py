@@ -388,7 +388,20 @@ def data_line(records):
             "cache): " + ", ".join(f"`{d[:12]}` ({n} results)" for d, n in counts.items()) + ".")
 
 
-def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None, results_md=None):
+TITLES = {"worst": "Worst case per beat over every attack (the number to trust)",
+          "pgd": "White-box PGD, the paper's variant (as the paper measures)",
+          "autoattack": "AutoAttack ensemble (APGD-CE, APGD-T, FAB-T, Square; worst case per beat)",
+          "spsa": "Black-box SPSA", "noise": "Uniform white noise"}
+WORST_NOTE = ("A beat counts as fooled when any attack run on it fooled it: the paper's PGD, sign "
+              "PGD and its restarts, SPSA and the AutoAttack components. Cells: balanced accuracy "
+              "on the beats of the model's largest run at that eps, narrowed to the beats the "
+              "AutoAttack ensemble attacked where it ran (n: the count most cells share; cells "
+              "on other beats are named under the table).")
+
+
+def read_vouched(results_dir, keep_stale):
+    """(records, skipped, stale, unverified, histories) of a results folder, the stale and the
+    unverified named on stdout."""
     records, skipped = load_results(os.path.join(results_dir, "attacks"))
     records, stale, unverified = vouch(records, os.path.join(results_dir, "checkpoints"),
                                        keep_stale)
@@ -397,109 +410,119 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None, results_md
     if unverified:
         print(f"note: {len(unverified)} results could not be checked against their "
               f"checkpoint, e.g. {unverified[0][0]}: {unverified[0][1]}")
-    histories = load_histories(os.path.join(results_dir, "checkpoints"))
-    worst = worst_case(records)
-    out_dir = out_dir or results_dir
-    tables_dir, fig_dir = os.path.join(out_dir, "tables"), os.path.join(out_dir, "figures")
-    os.makedirs(tables_dir, exist_ok=True)
-    os.makedirs(fig_dir, exist_ok=True)
-    report = ["# NSR robustness: evaluation report", "",
-              f"From {len(records)} attack results under `{results_dir}/attacks` "
-              f"({len(skipped)} skipped) and {len(histories)} training runs; evaluate.py at "
-              f"commit {git_commit()[:10]}.", "",
-              "Headline metric: balanced accuracy = mean per-class sensitivity (the paper's "
-              "accuracy on its class-balanced test set). Clean-misclassified beats are not "
-              "attacked and count with their clean prediction.", ""]
+    return records, skipped, stale, unverified, load_histories(
+        os.path.join(results_dir, "checkpoints"))
+
+
+def header_lines(results_dir, records, skipped, stale, unverified, histories, keep_stale):
+    """The report's title, provenance, warnings, compute and data lines."""
+    lines = ["# NSR robustness: evaluation report", "",
+             f"From {len(records)} attack results under `{results_dir}/attacks` "
+             f"({len(skipped)} skipped) and {len(histories)} training runs; evaluate.py at "
+             f"commit {git_commit()[:10]}.", "",
+             "Headline metric: balanced accuracy = mean per-class sensitivity (the paper's "
+             "accuracy on its class-balanced test set). Clean-misclassified beats are not "
+             "attacked and count with their clean prediction.", ""]
     if skipped:
-        report += ["Skipped (corrupt or foreign): " + ", ".join(f"`{p}`" for p in skipped), ""]
+        lines += ["Skipped (corrupt or foreign): " + ", ".join(f"`{p}`" for p in skipped), ""]
     if stale:
-        report += [f"**Warning**: {len(stale)} results no longer match the checkpoint or data "
-                   f"now on disk and are {'shown, marked STALE,' if keep_stale else 'left out'}"
-                   ": " + "; ".join(f"`{os.path.basename(p)}` ({why})" for p, why in stale), ""]
+        lines += [f"**Warning**: {len(stale)} results no longer match the checkpoint or data "
+                  f"now on disk and are {'shown, marked STALE,' if keep_stale else 'left out'}"
+                  ": " + "; ".join(f"`{os.path.basename(p)}` ({why})" for p, why in stale), ""]
     if unverified:
-        report += [f"**Warning**: {len(unverified)} results could not be checked against their "
-                   "checkpoint (" + "; ".join(sorted({why for _, why in unverified})[:5])
-                   + "): their checkpoint sha256 is in the tables' checkpoint column.", ""]
-    report += [compute_line(records, histories), "", data_line(records), ""]
-    preamble_end = len(report)
-    report += training_section(histories)
-    aa = worst_case(records, AUTOATTACKS, "autoattack", nested=False)
-    titles = {"worst": "Worst case per beat over every attack (the number to trust)",
-              "pgd": "White-box PGD, the paper's variant (as the paper measures)",
-              "autoattack": "AutoAttack ensemble (APGD-CE, APGD-T, FAB-T, Square; worst case "
-                            "per beat)",
-              "spsa": "Black-box SPSA", "noise": "Uniform white noise"}
-    mixed, aggs, tables_start = [], defaultdict(dict), len(report)
-    for kind in ("worst", "pgd", "autoattack", "spsa", "noise"):
-        report += [f"## {titles[kind]}", ""]
-        if kind == "worst":
-            report += ["A beat counts as fooled when any attack run on it fooled it: the paper's "
-                       "PGD, sign PGD and its restarts, SPSA and the AutoAttack components. "
-                       "Cells: balanced accuracy on the beats of the model's largest run at "
-                       "that eps, narrowed to the beats the AutoAttack ensemble attacked where "
-                       "it ran (n: the count most cells share; cells on other beats are named "
-                       "under the table).", ""]
-        for arch in ARCHS:
-            df, chosen = build_table(records + worst + aa, arch, kind)
-            if df is None:
-                report += [f"{arch.upper()}: not run.", ""]
-                continue
-            mixed += [f"{kind} {m}: {c}" for m, c in zip(df["model"], df["checkpoint"]) if " " in c]
-            md, agg = write_table(df, os.path.join(tables_dir, f"{kind}_{arch}"),
-                                  f"{titles[kind]}, {arch.upper()}")
-            aggs[arch][kind] = agg
-            fig = f"{kind}_{arch}.png"
-            plot_curves(agg, os.path.join(fig_dir, fig), f"{titles[kind].split(' (')[0]}: "
-                                                         f"{arch.upper()}")
-            report += [md, f"![{kind} {arch}](figures/{fig})", ""]
-            diff = paired_differences(df) if kind in ("worst", "pgd") else None
-            if diff is not None and (df["seed"].nunique() > 1):
-                base = os.path.join(tables_dir, f"diff_{kind}_{arch}")
-                write_csv(diff, base + ".csv")
-                dmd = diff_markdown(diff, f"{titles[kind].split(' (')[0]}, {arch.upper()}: "
-                                          "each method minus CE")
-                atomic_write(base + ".md", lambda t, s=dmd: open(t, "w").write(s))
-                report += [dmd, ""]
-            if kind == "pgd":
-                eps = plot_per_class(chosen, arch, os.path.join(fig_dir, f"per_class_{arch}.png"))
-                if eps is not None:
-                    report += [f"Per-class sensitivity, CE vs NSR, PGD eps {eps:g}:", "",
-                               f"![per class {arch}](figures/per_class_{arch}.png)", ""]
-    if mixed:
-        print("WARNING: results of one model come from different checkpoints: " + "; ".join(mixed))
-        report += ["**Warning**: rows whose cells come from different checkpoints (re-run the "
-                   "attacks): " + "; ".join(mixed), ""]
-    why = plot_example_beats(records, os.path.join(fig_dir, "example_beats.png"))
-    report += ["## One beat of each class, clean and adversarial", ""]
-    report += ([f"Not drawn: {why}.", ""] if why else
-               ["![example beats](figures/example_beats.png)", ""])
-    report.append("The checkpoint column names the sha256 prefix of the checkpoint every "
-                  "number of that row came from (recorded in each result JSON).\n")
-    report += ["## Sanity checks (METHOD.md 7; Carlini et al. 2019, Croce & Hein 2020)", ""]
-    for name, (status, detail) in sanity_checks(records, worst):
-        report.append(f"- **{status}** {name}: {detail}")
-        if status == "FAIL":
-            print(f"WARNING: sanity check {name} FAILED: {detail}")
-    tables_end = len(report)
+        lines += [f"**Warning**: {len(unverified)} results could not be checked against their "
+                  "checkpoint (" + "; ".join(sorted({why for _, why in unverified})[:5])
+                  + "): their checkpoint sha256 is in the tables' checkpoint column.", ""]
+    return lines + [compute_line(records, histories), "", data_line(records), ""]
+
+
+def table_section(kind, arch, cells, tables_dir, fig_dir, aggs, mixed):
+    """One kind's table, curve and (with seeds) paired differences for one arch."""
+    df, chosen = build_table(cells, arch, kind)
+    if df is None:
+        return [f"{arch.upper()}: not run.", ""]
+    mixed += [f"{kind} {m}: {c}" for m, c in zip(df["model"], df["checkpoint"]) if " " in c]
+    md, agg = write_table(df, os.path.join(tables_dir, f"{kind}_{arch}"),
+                          f"{TITLES[kind]}, {arch.upper()}")
+    aggs[arch][kind] = agg
+    fig = f"{kind}_{arch}.png"
+    plot_curves(agg, os.path.join(fig_dir, fig), f"{TITLES[kind].split(' (')[0]}: {arch.upper()}")
+    lines = [md, f"![{kind} {arch}](figures/{fig})", ""]
+    diff = paired_differences(df) if kind in ("worst", "pgd") else None
+    if diff is not None and (df["seed"].nunique() > 1):
+        base = os.path.join(tables_dir, f"diff_{kind}_{arch}")
+        write_csv(diff, base + ".csv")
+        dmd = diff_markdown(diff, f"{TITLES[kind].split(' (')[0]}, {arch.upper()}: "
+                                  "each method minus CE")
+        atomic_write(base + ".md", lambda t: open(t, "w").write(dmd))
+        lines += [dmd, ""]
+    if kind == "pgd":
+        eps = plot_per_class(chosen, arch, os.path.join(fig_dir, f"per_class_{arch}.png"))
+        if eps is not None:
+            lines += [f"Per-class sensitivity, CE vs NSR, PGD eps {eps:g}:", "",
+                      f"![per class {arch}](figures/per_class_{arch}.png)", ""]
+    return lines
+
+
+def headline_section(aggs, tables_dir, fig_dir):
+    """The headline table (tables/headline.md, .csv) and figure, and their report lines."""
     head = headline(aggs, HEADLINE_EPS, HEADLINE_OTHERS)
     write_csv(head, os.path.join(tables_dir, "headline.csv"))
     head_md = headline_markdown(head)
     atomic_write(os.path.join(tables_dir, "headline.md"), lambda t: open(t, "w").write(head_md))
     why = plot_headline(aggs, head, os.path.join(fig_dir, "headline.png"))
-    head_lines = ["## Headline: the paper's PGD next to the worst case", "",
-                  f"CE, NSR and the {HEADLINE_OTHERS} best other methods by the worst case at eps "
-                  f"{HEADLINE_EPS[0]:g}; balanced accuracy, mean over training seeds (the full "
-                  "tables below give ± std).", "", head_md,
-                  f"Not drawn: {why}." if why else "![headline](figures/headline.png)", ""]
-    report[tables_start:tables_start] = head_lines
-    tables_end += len(head_lines)
+    return ["## Headline: the paper's PGD next to the worst case", "",
+            f"CE, NSR and the {HEADLINE_OTHERS} best other methods by the worst case at eps "
+            f"{HEADLINE_EPS[0]:g}; balanced accuracy, mean over training seeds (the full "
+            "tables below give ± std).", "", head_md,
+            f"Not drawn: {why}." if why else "![headline](figures/headline.png)", ""]
+
+
+def check_lines(records, worst):
+    lines = ["## Sanity checks (METHOD.md 7; Carlini et al. 2019, Croce & Hein 2020)", ""]
+    for name, (status, detail) in sanity_checks(records, worst):
+        lines.append(f"- **{status}** {name}: {detail}")
+        if status == "FAIL":
+            print(f"WARNING: sanity check {name} FAILED: {detail}")
+    return lines
+
+
+def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None, results_md=None):
+    """Write report.md, tables/ and figures/ under out_dir (default: results_dir), and
+    RESULTS.md (the tables, figures and checks) when asked. Returns (report path, records,
+    worst-case records)."""
+    records, skipped, stale, unverified, histories = read_vouched(results_dir, keep_stale)
+    worst = worst_case(records)
+    aa = worst_case(records, AUTOATTACKS, "autoattack", nested=False)
+    out_dir = out_dir or results_dir
+    tables_dir, fig_dir = os.path.join(out_dir, "tables"), os.path.join(out_dir, "figures")
+    os.makedirs(tables_dir, exist_ok=True)
+    os.makedirs(fig_dir, exist_ok=True)
+    preamble = header_lines(results_dir, records, skipped, stale, unverified, histories,
+                            keep_stale)
+    tables, mixed, aggs = [], [], defaultdict(dict)
+    for kind in ("worst", "pgd", "autoattack", "spsa", "noise"):
+        tables += [f"## {TITLES[kind]}", ""] + ([WORST_NOTE, ""] if kind == "worst" else [])
+        for arch in ARCHS:
+            tables += table_section(kind, arch, records + worst + aa, tables_dir, fig_dir, aggs,
+                                    mixed)
+    if mixed:
+        print("WARNING: results of one model come from different checkpoints: " + "; ".join(mixed))
+        tables += ["**Warning**: rows whose cells come from different checkpoints (re-run the "
+                   "attacks): " + "; ".join(mixed), ""]
+    why = plot_example_beats(records, os.path.join(fig_dir, "example_beats.png"))
+    tables += ["## One beat of each class, clean and adversarial", ""]
+    tables += [f"Not drawn: {why}.", ""] if why else ["![example beats](figures/example_beats.png)", ""]
+    tables.append("The checkpoint column names the sha256 prefix of the checkpoint every "
+                  "number of that row came from (recorded in each result JSON).\n")
+    tables = headline_section(aggs, tables_dir, fig_dir) + tables + check_lines(records, worst)
+    report = preamble + training_section(histories) + tables
     report += ["", "## Attack subsets against the paper's protocol", ""] + subset_lines(records)
     report += ["", "## Settings behind the numbers", ""] + settings_lines(records) + [""]
     path = os.path.join(out_dir, "report.md")
     atomic_write(path, lambda t: open(t, "w").write("\n".join(report)))
     if results_md:
-        write_results_md(results_md, out_dir, report[2:preamble_end],
-                         report[tables_start:tables_end])
+        write_results_md(results_md, out_dir, preamble[2:], tables)
     return path, records, worst
 
 

@@ -657,9 +657,9 @@ def main(argv=None):
             release_folder(f)
 
 
-def run_preset(args, preset, results, workers, device, t_start):
-    """reproduce.py's work once its results folders are held: data, the task queue, report."""
-    # --- data
+def prepare_data(args, workers):
+    """(sample, data flags, cache) of the preset's data, built by rank 0 first (not on a dry
+    run); None when the paper preset finds no full data (named on stderr)."""
     kaggle = all(os.path.exists(os.path.join(args.data_dir, f))
                  for f in (preprocess.TRAIN_CSV, preprocess.TEST_CSV))
     sample = args.preset == "quick" and not kaggle
@@ -669,7 +669,7 @@ def run_preset(args, preset, results, workers, device, t_start):
     if args.preset == "paper" and not kaggle and not cache_only:
         print(f"error: the paper preset needs the full data: put the Kaggle CSVs in "
               f"{args.data_dir}/ or run 'python preprocess.py --wfdb DIR' first", file=sys.stderr)
-        return 2
+        return None
     if sample and workers.rank == 0:
         print(f"No Kaggle CSVs in {args.data_dir}/: using the committed real sample "
               f"({os.path.relpath(preprocess.SAMPLE_NPZ)}, beats rebuilt from MIT-BIH records).")
@@ -683,49 +683,62 @@ def run_preset(args, preset, results, workers, device, t_start):
         workers.rank0_first(lambda: step("data", preprocess.main, data_flags))
     cache = dry_run_cache(args.data_dir, sample) if args.dry_run else \
         preprocess.load_cache(args.data_dir, sample)
-    n_train = 5 * int(np.bincount(cache["Y_train"].numpy()).max())   # one balanced epoch
-    per_epoch = min(preset["max_train_samples"] or n_train, n_train)
-    ckpt_dir = os.path.join(results, "checkpoints")
-    cfgs = train_configs(preset, args.archs, args.seeds, device, args.data_dir, sample, ckpt_dir)
-    if workers.rank == 0:
-        print_plan(preset, args, cfgs, workers, per_epoch, len(cache["Y_val"]),
-                   len(cache["Y_test"]), device, results)
-    if args.dry_run:
-        workers.close()
-        return 0
+    return sample, data_flags, cache
 
-    # --- training: one task per (arch, method, seed), seed by seed, longest first within a seed
-    train_tasks = []
+
+def train_queue(cfgs, per_epoch):
+    """One training task per unfinished run, seed by seed, longest first within a seed."""
+    tasks = []
     for cfg in sorted(cfgs, key=lambda c: (c["seed"], -train_estimate_s(c, per_epoch))):
         if finished(cfg):
             print(f"=== train {cfg['name']}: done, skipped")
             continue
         script = TRAINERS[cfg["method"]]
         resume = ["--resume"] if os.path.exists(training.checkpoint_paths(cfg)[0]) else []
-        train_tasks.append((f"train {cfg['name']}", script.main, script.config_argv(cfg) + resume))
+        tasks.append((f"train {cfg['name']}", script.main, script.config_argv(cfg) + resume))
+    return tasks
 
-    # --- attacks: one task per (model, attack, eps), dearest first; each waits for its model
-    attack_dir = os.path.join(results, "attacks")
-    attack_tasks_, model_of = [], {}
+
+def attack_queue(args, preset, cfgs, results, device, data_flags):
+    """(tasks, model of each task): one per (model, attack, eps), dearest first."""
+    tasks, model_of = [], {}
     for cfg in cfgs:
         if "train" not in args.phases and not finished(cfg):
             # e.g. attacking seed 0 while another command still trains it: a later run does it
             print(f"=== attacks on {cfg['name']}: its training has not finished, skipped")
             continue
         target = ["--checkpoint", training.checkpoint_paths(cfg)[1], "--device",
-                  device, "--out-dir", attack_dir, *data_flags]
+                  device, "--out-dir", os.path.join(results, "attacks"), *data_flags]
         for task in attack_tasks(preset, cfg, target, args.attacks):
-            attack_tasks_.append(task)
+            tasks.append(task)
             model_of[task[0]] = cfg
+    return sorted(tasks, key=lambda t: -attack_estimate(t)), model_of
+
+
+def run_preset(args, preset, results, workers, device, t_start):
+    """reproduce.py's work once its results folders are held: data, the task queue, report."""
+    data = prepare_data(args, workers)
+    if data is None:
+        return 2
+    sample, data_flags, cache = data
+    n_train = 5 * int(np.bincount(cache["Y_train"].numpy()).max())   # one balanced epoch
+    per_epoch = min(preset["max_train_samples"] or n_train, n_train)
+    cfgs = train_configs(preset, args.archs, args.seeds, device, args.data_dir, sample,
+                         os.path.join(results, "checkpoints"))
+    if workers.rank == 0:
+        print_plan(preset, args, cfgs, workers, per_epoch, len(cache["Y_val"]),
+                   len(cache["Y_test"]), device, results)
+    if args.dry_run:
+        workers.close()
+        return 0
+    trains = train_queue(cfgs, per_epoch)
+    attacks, model_of = attack_queue(args, preset, cfgs, results, device, data_flags)
     # one queue: under torchrun a worker done training attacks the models trained so far
-    # while the others still train (no barrier between the phases)
-    queue = ((train_tasks if "train" in args.phases else [])
-             + (sorted(attack_tasks_, key=lambda t: -attack_estimate(t))
-                if "attack" in args.phases else []))
+    # while the others still train (no barrier between the phases); an attack waits for its model
+    queue = ((trains if "train" in args.phases else [])
+             + (attacks if "attack" in args.phases else []))
     workers.run("train+attack", queue,
                 ready=lambda t: t[0] not in model_of or finished(model_of[t[0]]))
-
-    # --- report (rank 0)
     if "evaluate" in args.phases and workers.rank == 0:
         # the preset's own folder also writes its RESULTS.md (the paper's, at the root)
         md = preset.get("results_md") if not args.results_dir else None
