@@ -95,77 +95,69 @@ def train_setup(arch, method, device):
     return model, opt, cfg, objective, torch.Generator(device=device).manual_seed(SEED)
 
 
-def bench_train(args):
-    import train_nsr
+def train_throughput(archs, batches, device, repeats):
+    """Samples per second of a training step of every method, at the paper's settings."""
     import training
-    device = get_device(args.device)
-    data = load_cache(args.data_dir, not args.no_sample)
-    y_np = data["Y_train"].numpy()
-    idx = torch.from_numpy(balanced_epoch_indices(y_np, SEED, 0)[:BATCH_SIZE * TRAIN_STEPS])
-    xs, ys = data["X_train"][idx].to(device), data["Y_train"][idx].to(device)
-    batches = [(xs[i:i + BATCH_SIZE], ys[i:i + BATCH_SIZE]) for i in range(0, len(idx), BATCH_SIZE)]
-    rows, record = [], {"settings": {"batch_size": BATCH_SIZE, "steps": TRAIN_STEPS,
-                                     "repeats": args.repeats, "threads": torch.get_num_threads()},
-                        **run_info(device)}
-    for arch in args.archs:
+    rows, n = [], sum(len(y) for _, y in batches)
+    for arch in archs:
         for method in TRAIN_METHODS:
             model, opt, cfg, objective, gen = train_setup(arch, method, device)
 
             def run_steps():
                 for x, y in batches:
                     training.train_step(model, opt, x, y, cfg, objective, gen)
-            med, _ = median_time(run_steps, args.repeats)
-            sps = len(idx) / med
+            med, _ = median_time(run_steps, repeats)
+            sps = n / med
             rows.append({"arch": arch, "method": method, "samples_per_s": sps,
                          "epoch_min_full_data": 5 * 57976 / sps / 60})
             print(f"{arch:4s} {method:11s} {sps:8.0f} samples/s")
-    record["throughput"] = rows
+    return rows
 
-    # vectorised NSR step vs the per-class loop, interleaved in one run
-    ratio_rows = []
-    for arch in args.archs:
-        cfg = protocol.paper_config(arch, "nsr")
-        beta = cfg["beta"]
-        model = pretrained(arch, xs, ys, device)
-        x, y = batches[0]
-        correct_frac = float((model(x).argmax(1) == y).float().mean())
-        # same loss value (a check that both steps compute the same thing)
-        a = train_nsr.nsr_objective(model, x, y, cfg)[0].item()
-        b = oracles.nsr_step_per_class_loop(model, x, y, beta).item()
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (a, b)
 
-        def vectorised():
-            model.zero_grad()
-            train_nsr.nsr_objective(model, x, y, cfg)[0].backward()
+def nsr_step_ratio(arch, model, x, y, repeats):
+    """The vectorised NSR step against the per-class loop (and a CE step), interleaved in one
+    run on a briefly trained model, after checking both give the same loss."""
+    import train_nsr
+    cfg = protocol.paper_config(arch, "nsr")
+    beta = cfg["beta"]
+    correct_frac = float((model(x).argmax(1) == y).float().mean())
+    a = train_nsr.nsr_objective(model, x, y, cfg)[0].item()
+    b = oracles.nsr_step_per_class_loop(model, x, y, beta).item()
+    assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (a, b)
 
-        def loop():
-            model.zero_grad()
-            oracles.nsr_step_per_class_loop(model, x, y, beta).backward()
+    def vectorised():
+        model.zero_grad()
+        train_nsr.nsr_objective(model, x, y, cfg)[0].backward()
 
-        def ce_step():
-            model.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-        reps = args.repeats * 4
-        tv, tl, tc = [], [], []
-        for fn in (vectorised, loop, ce_step):
-            fn()    # warm-up
-        for _ in range(reps):           # interleaved: drift hits all three alike
-            for fn, acc in ((vectorised, tv), (loop, tl), (ce_step, tc)):
-                t0 = time.perf_counter()
-                for _ in range(5):
-                    fn()
-                acc.append((time.perf_counter() - t0) / 5)
-        mv, ml, mc = map(statistics.median, (tv, tl, tc))
-        ratio_rows.append({"arch": arch, "vectorised_ms": mv * 1e3, "per_class_loop_ms": ml * 1e3,
-                           "ce_step_ms": mc * 1e3, "speedup": ml / mv, "ce_over_nsr": mc / mv,
-                           "loss_vectorised": a, "loss_loop": b, "correct_fraction": correct_frac})
-        print(f"{arch} NSR step ({correct_frac:.0%} of the batch correct): vectorised {mv * 1e3:.1f} ms, per-class loop {ml * 1e3:.1f} ms "
-              f"-> {ml / mv:.2f}x (CE step {mc * 1e3:.1f} ms)")
-    record["nsr_step"] = ratio_rows
+    def loop():
+        model.zero_grad()
+        oracles.nsr_step_per_class_loop(model, x, y, beta).backward()
 
+    def ce_step():
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+    tv, tl, tc = [], [], []
+    for fn in (vectorised, loop, ce_step):
+        fn()    # warm-up
+    for _ in range(repeats * 4):        # interleaved: drift hits all three alike
+        for fn, acc in ((vectorised, tv), (loop, tl), (ce_step, tc)):
+            t0 = time.perf_counter()
+            for _ in range(5):
+                fn()
+            acc.append((time.perf_counter() - t0) / 5)
+    mv, ml, mc = map(statistics.median, (tv, tl, tc))
+    print(f"{arch} NSR step ({correct_frac:.0%} of the batch correct): vectorised "
+          f"{mv * 1e3:.1f} ms, per-class loop {ml * 1e3:.1f} ms -> {ml / mv:.2f}x "
+          f"(CE step {mc * 1e3:.1f} ms)")
+    return {"arch": arch, "vectorised_ms": mv * 1e3, "per_class_loop_ms": ml * 1e3,
+            "ce_step_ms": mc * 1e3, "speedup": ml / mv, "ce_over_nsr": mc / mv,
+            "loss_vectorised": a, "loss_loop": b, "correct_fraction": correct_frac}
+
+
+def train_markdown(record, rows, ratio_rows, repeats):
     lines = ["# Training throughput (CPU unless stated)", "",
              f"{record['device']}, torch {record['torch']}, {torch.get_num_threads()} threads, "
-             f"batch {BATCH_SIZE}, median of {args.repeats} repeats of {TRAIN_STEPS} steps on real "
+             f"batch {BATCH_SIZE}, median of {repeats} repeats of {TRAIN_STEPS} steps on real "
              "beats (committed sample).", "",
              "| arch | method | samples/s | min per paper epoch (5 x 57,976) |", "|---|---|---:|---:|"]
     lines += [f"| {r['arch']} | {r['method']} | {r['samples_per_s']:.0f} | "
@@ -178,7 +170,24 @@ def bench_train(args):
     lines += [f"| {r['arch']} | {r['correct_fraction']:.0%} | {r['vectorised_ms']:.1f} | {r['per_class_loop_ms']:.1f} | "
               f"{r['speedup']:.2f}x | {r['ce_step_ms']:.1f} | {r['ce_over_nsr']:.2f} |"
               for r in ratio_rows]
-    write("train", record, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def bench_train(args):
+    device = get_device(args.device)
+    data = load_cache(args.data_dir, not args.no_sample)
+    y_np = data["Y_train"].numpy()
+    idx = torch.from_numpy(balanced_epoch_indices(y_np, SEED, 0)[:BATCH_SIZE * TRAIN_STEPS])
+    xs, ys = data["X_train"][idx].to(device), data["Y_train"][idx].to(device)
+    batches = [(xs[i:i + BATCH_SIZE], ys[i:i + BATCH_SIZE]) for i in range(0, len(idx), BATCH_SIZE)]
+    record = {"settings": {"batch_size": BATCH_SIZE, "steps": TRAIN_STEPS,
+                           "repeats": args.repeats, "threads": torch.get_num_threads()},
+              **run_info(device)}
+    record["throughput"] = train_throughput(args.archs, batches, device, args.repeats)
+    record["nsr_step"] = [nsr_step_ratio(arch, pretrained(arch, xs, ys, device), *batches[0],
+                                         args.repeats) for arch in args.archs]
+    write("train", record, train_markdown(record, record["throughput"], record["nsr_step"],
+                                          args.repeats))
 
 
 # ----------------------------------------------------------------------------- attack
@@ -202,24 +211,12 @@ def bench_attack(args):
         bench_attack_arch(args, arch, model.eval(), source, data, device)
 
 
-def bench_attack_arch(args, arch, model, source, data, device):
-    import attack_autoattack
+def bench_pgd(model, xc, yc, eps, repeats):
+    """PGD-100 at eps: ours vs METHOD.md 5's loop beat by beat, on the same beats."""
     import attack_pgd
-    import attack_spsa
-    y_all = data["Y_test"]
-    sel = torch.from_numpy(balanced_subset(y_all.numpy(), PGD_SAMPLES // 5))
-    x, y = data["X_test"][sel].to(device), y_all[sel].to(device)
-    correct = attack_pgd.predict(model, x) == y
-    record = {"settings": {"pgd_samples": len(y), "spsa_samples": SPSA_SAMPLES,
-                           "spsa_iters": SPSA_ITERS, "repeats": args.repeats, "model": source,
-                           "threads": torch.get_num_threads()}, **run_info(device)}
-    # PGD-100, eps 0.03: ours vs METHOD.md 5's loop beat by beat, on the first PGD_COMPARE
-    # clean-correct beats (the loop runs ~4 beats/s on 2 cores)
-    xc, yc = x[correct][:PGD_COMPARE], y[correct][:PGD_COMPARE]
-    eps = 0.03
-    t_ours, _ = median_time(lambda: attack_pgd.pgd_attack(model, xc, yc, eps, 100), args.repeats)
+    t_ours, _ = median_time(lambda: attack_pgd.pgd_attack(model, xc, yc, eps, 100), repeats)
     t_naive, _ = median_time(lambda: oracles.pgd_paper_spec_loop(model, xc, yc, eps, 100, 0.01, 0),
-                             max(1, args.repeats // 2))
+                             max(1, repeats // 2))
     ours_adv = attack_pgd.pgd_attack(model, xc, yc, eps, 100)
     naive_adv = oracles.pgd_paper_spec_loop(model, xc, yc, eps, 100, 0.01, 0)
     same = bool(torch.allclose(ours_adv, naive_adv, atol=1e-6))
@@ -228,45 +225,42 @@ def bench_attack_arch(args, arch, model, source, data, device):
     same_pred = bool(torch.equal(attack_pgd.predict(model, ours_adv),
                                  attack_pgd.predict(model, naive_adv)))
     fooled = float((attack_pgd.predict(model, ours_adv) != yc).float().mean())
-    record["pgd"] = {"eps": eps, "samples": len(yc), "ours_s": t_ours, "naive_s": t_naive,
-                     "ours_samples_per_s": len(yc) / t_ours, "naive_samples_per_s": len(yc) / t_naive,
-                     "speedup": t_naive / t_ours, "same_output": same,
-                     "same_predictions": same_pred, "fooled_fraction": fooled}
+    out = {"eps": eps, "samples": len(yc), "ours_s": t_ours, "naive_s": t_naive,
+           "ours_samples_per_s": len(yc) / t_ours, "naive_samples_per_s": len(yc) / t_naive,
+           "speedup": t_naive / t_ours, "same_output": same,
+           "same_predictions": same_pred, "fooled_fraction": fooled}
     print(f"PGD-100: ours {len(yc) / t_ours:.0f} samples/s, naive {len(yc) / t_naive:.0f} samples/s")
-    # the AutoAttack components (torchattacks, 100 steps, one restart): seconds per attacked beat
-    record["autoattack"] = {}           # seconds per beat on the PGD beats xc
-    for name in ("apgd-ce", "apgd-t", "fab-t"):
-        t, _ = median_time(lambda: attack_autoattack.autoattack(model, xc, yc, name, eps),
-                           args.repeats if name == "apgd-ce" else max(1, args.repeats // 2))
-        record["autoattack"][name] = t / len(yc)
-        print(f"{name}: {t / len(yc) * 1e3:.1f} ms per beat")
-    # inference forwards (what Square's queries cost), in SPSA's chunks
-    rows = x[:1].repeat(attack_spsa.CHUNK_ROWS[arch], 1, 1)
-    with torch.inference_mode():
-        t_fwd, _ = median_time(lambda: [model(rows) for _ in range(20)], args.repeats)
-    record["forward"] = {"rows": len(rows), "rows_per_s": 20 * len(rows) / t_fwd}
-    # SPSA: batched vs per-sample loop on the same samples and seeds (eps 0.01: few flip, so
-    # both do nearly every iteration; they do the same work either way)
+    return out
+
+
+def bench_spsa(model, x, y, correct, sel, arch, repeats):
+    """SPSA: batched vs the per-sample loop on the same beats and seeds (eps 0.01: few flip, so
+    both do nearly every iteration; they do the same work either way)."""
+    import attack_spsa
     sidx = torch.nonzero(correct).flatten()[:SPSA_SAMPLES]
     xs, ys = x[sidx], y[sidx]
     kw = dict(steps=SPSA_ITERS, n_dirs=2048, seed=0, sample_ids=sel[sidx.cpu()].numpy())
-    t_b, _ = median_time(lambda: attack_spsa.spsa_attack(model, xs, ys, 0.01, **kw), args.repeats)
+    t_b, _ = median_time(lambda: attack_spsa.spsa_attack(model, xs, ys, 0.01, **kw), repeats)
     t_l, _ = median_time(lambda: oracles.spsa_per_sample_loop(model, xs, ys, 0.01, **kw),
-                         max(1, args.repeats // 2), warmup=0)
+                         max(1, repeats // 2), warmup=0)
     same = bool(torch.allclose(attack_spsa.spsa_attack(model, xs, ys, 0.01, **kw),
                                oracles.spsa_per_sample_loop(model, xs, ys, 0.01, **kw), atol=1e-6))
     per = lambda t: t / (len(ys) * SPSA_ITERS)
-    record["spsa"] = {"samples": len(ys), "iters": SPSA_ITERS, "n_dirs": 2048,
-                      "batched_s_per_iter_sample": per(t_b), "loop_s_per_iter_sample": per(t_l),
-                      "speedup": t_l / t_b, "same_output": same,
-                      "batch_size": attack_spsa.BATCH_SIZE, "chunk_rows": attack_spsa.CHUNK_ROWS[arch]}
+    out = {"samples": len(ys), "iters": SPSA_ITERS, "n_dirs": 2048,
+           "batched_s_per_iter_sample": per(t_b), "loop_s_per_iter_sample": per(t_l),
+           "speedup": t_l / t_b, "same_output": same,
+           "batch_size": attack_spsa.BATCH_SIZE, "chunk_rows": attack_spsa.CHUNK_ROWS[arch]}
     print(f"SPSA: batched {per(t_b) * 1e3:.0f} ms, loop {per(t_l) * 1e3:.0f} ms per iteration "
           f"per sample -> {t_l / t_b:.2f}x")
+    return out
+
+
+def attack_markdown(record, arch, source, eps, repeats):
     p, s = record["pgd"], record["spsa"]
-    table = "\n".join([
+    return "\n".join([
         f"# Attack speed ({arch.upper()})", "",
         f"{record['device']}, torch {record['torch']}, {torch.get_num_threads()} threads; model: "
-        f"{source}; medians of {args.repeats} repeats.", "",
+        f"{source}; medians of {repeats} repeats.", "",
         "| attack | ours | straightforward | speedup | same output |", "|---|---:|---:|---:|---|",
         f"| paper PGD-100, eps {eps}, {p['samples']} beats | {p['ours_samples_per_s']:.0f} "
         f"samples/s | {p['naive_samples_per_s']:.0f} samples/s | {p['speedup']:.2f}x | {p['same_output']} (predictions: {p['same_predictions']}) |",
@@ -283,7 +277,37 @@ def bench_attack_arch(args, arch, model, source, data, device):
         "(tests/oracles.py); ours: 1,024 beats at a time, fooled beats leave the batch. Straightforward SPSA: one beat at a time, its "
         "2 x 2048 evaluations in one forward (the reference's shape), under no_grad; ours: "
         f"{s['batch_size']} beats at a time, {s['chunk_rows']}-row forwards, inference_mode.", ""])
-    write(f"attack_{arch}", record, table)
+
+
+def bench_attack_arch(args, arch, model, source, data, device):
+    import attack_autoattack
+    import attack_pgd
+    import attack_spsa
+    y_all = data["Y_test"]
+    sel = torch.from_numpy(balanced_subset(y_all.numpy(), PGD_SAMPLES // 5))
+    x, y = data["X_test"][sel].to(device), y_all[sel].to(device)
+    correct = attack_pgd.predict(model, x) == y
+    record = {"settings": {"pgd_samples": len(y), "spsa_samples": SPSA_SAMPLES,
+                           "spsa_iters": SPSA_ITERS, "repeats": args.repeats, "model": source,
+                           "threads": torch.get_num_threads()}, **run_info(device)}
+    # PGD-100, eps 0.03, on the first PGD_COMPARE clean-correct beats (the loop runs ~4 beats/s)
+    xc, yc = x[correct][:PGD_COMPARE], y[correct][:PGD_COMPARE]
+    eps = 0.03
+    record["pgd"] = bench_pgd(model, xc, yc, eps, args.repeats)
+    # the AutoAttack components (torchattacks, 100 steps, one restart): seconds per attacked beat
+    record["autoattack"] = {}           # seconds per beat on the PGD beats xc
+    for name in ("apgd-ce", "apgd-t", "fab-t"):
+        t, _ = median_time(lambda: attack_autoattack.autoattack(model, xc, yc, name, eps),
+                           args.repeats if name == "apgd-ce" else max(1, args.repeats // 2))
+        record["autoattack"][name] = t / len(yc)
+        print(f"{name}: {t / len(yc) * 1e3:.1f} ms per beat")
+    # inference forwards (what Square's queries cost), in SPSA's chunks
+    rows = x[:1].repeat(attack_spsa.CHUNK_ROWS[arch], 1, 1)
+    with torch.inference_mode():
+        t_fwd, _ = median_time(lambda: [model(rows) for _ in range(20)], args.repeats)
+    record["forward"] = {"rows": len(rows), "rows_per_s": 20 * len(rows) / t_fwd}
+    record["spsa"] = bench_spsa(model, x, y, correct, sel, arch, args.repeats)
+    write(f"attack_{arch}", record, attack_markdown(record, arch, source, eps, args.repeats))
 
 
 # ----------------------------------------------------------------------------- steps
