@@ -362,15 +362,45 @@ def main(argv=None):
     return run(get_args_parser().parse_args(argv))
 
 
-def run(args):
+def flag_error(args):
+    """Why the model flags do not name one model (or the name is unusable), or None."""
     if sum(bool(v) for v in (args.model, args.torchscript, args.checkpoint)) != 1:
-        return fail("give exactly one of --model FILE.py:FUNCTION, --torchscript FILE and "
-                    "--checkpoint FILE")
+        return ("give exactly one of --model FILE.py:FUNCTION, --torchscript FILE and "
+                "--checkpoint FILE")
     if args.weights and not args.model:
-        return fail("--weights goes with --model")
+        return "--weights goes with --model"
     name = args.name or default_name(args)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        return fail(f"--name {name!r}: use letters, digits, '_', '.' and '-' only")
+        return f"--name {name!r}: use letters, digits, '_', '.' and '-' only"
+    return None
+
+
+def announce(args, name, model, prov, digest, warnings, x_test, y_test, preset, out, workers):
+    """Rank 0: the model's warnings, its clean accuracy and the expected time. Returns the
+    clean metrics."""
+    for w in warnings:
+        print(f"WARNING: {name}: {w}")
+    if prov.get("data_trained_on") and prov["data_trained_on"] != digest:
+        print(f"WARNING: {args.checkpoint} was trained on other data (digest "
+              f"{prov['data_trained_on'][:12]}) than {args.data_dir} holds ({digest[:12]})")
+    y_np = y_test.cpu().numpy()
+    clean = classification_metrics(y_np, predict(model, x_test).cpu().numpy())
+    print(f"\n{name}: clean balanced accuracy {clean['balanced_accuracy']:.4f} on the whole "
+          f"test split ({len(y_np)} beats). Timing a few iterations of each attack...",
+          flush=True)
+    est = estimate_s(model, x_test, y_test, preset, args.attacks)
+    print(f"Plan ({'--quick' if args.quick else 'the paper preset'}, on {workers.world} "
+          f"worker(s)); expected at most, one worker: "
+          + ", ".join(f"{k} {hms(v)}" for k, v in est.items())
+          + f"; total {hms(sum(est.values()))}. Results under {out}/.")
+    return clean
+
+
+def run(args):
+    why = flag_error(args)
+    if why:
+        return fail(why)
+    name = args.name or default_name(args)
     workers = reproduce.Workers()
     try:
         device = get_device(workers.device(args.device))
@@ -392,20 +422,8 @@ def run(args):
         workers.close()
         return fail(f"{name}: {e}")
     if workers.rank == 0:
-        for w in warnings:
-            print(f"WARNING: {name}: {w}")
-        if prov.get("data_trained_on") and prov["data_trained_on"] != digest:
-            print(f"WARNING: {args.checkpoint} was trained on other data (digest "
-                  f"{prov['data_trained_on'][:12]}) than {args.data_dir} holds ({digest[:12]})")
-        clean = classification_metrics(y_np, predict(model, x_test).cpu().numpy())
-        print(f"\n{name}: clean balanced accuracy {clean['balanced_accuracy']:.4f} on the whole "
-              f"test split ({len(y_np)} beats). Timing a few iterations of each attack...",
-              flush=True)
-        est = estimate_s(model, x_test, y_test, preset, args.attacks)
-        print(f"Plan ({'--quick' if args.quick else 'the paper preset'}, on {workers.world} "
-              f"worker(s)); expected at most, one worker: "
-              + ", ".join(f"{k} {hms(v)}" for k, v in est.items())
-              + f"; total {hms(sum(est.values()))}. Results under {out}/.")
+        clean = announce(args, name, model, prov, digest, warnings, x_test, y_test, preset, out,
+                         workers)
     if args.dry_run:
         workers.close()
         return 0

@@ -67,9 +67,22 @@ ATTACK_KINDS = ["pgd", "noise", "checks", "autoattack", "square", "spsa"]
 
 
 def attack_tasks(preset, cfg, target, kinds=ATTACK_KINDS):
-    """The attack runs of one trained model: [(label, script main, argv)], biggest first.
-    `target`: the flags naming its checkpoint, data, device and result folder; `kinds`: which
-    of ATTACK_KINDS to run."""
+    """The attack runs of one trained model: [(label, script main, argv)], one task per eps (and
+    AutoAttack component), each split further into beat shards (the script merges them into one
+    result). `target`: the flags naming its checkpoint, data, device and result folder; `kinds`:
+    which of ATTACK_KINDS to run."""
+    out = []
+    for kind, label, fn, argv, k in attack_runs(preset, cfg, target):
+        if kind not in kinds:
+            continue
+        for lab, arg in per_eps(label, fn, argv):
+            out += [(lab, fn, arg)] if k == 1 else [
+                (f"{lab} shard {i}/{k}", fn, arg + ["--shard", f"{i}/{k}"]) for i in range(1, k + 1)]
+    return out
+
+
+def attack_runs(preset, cfg, target):
+    """[(kind, label, script main, argv, beat shards)]: every attack sweep of one model."""
     arch, seed, name = cfg["arch"], cfg["seed"], cfg["name"]
     pgd, chk, sp = preset["pgd"], preset["pgd_check"], preset["spsa"]
     aa, sq = preset["autoattack"], preset["square"]
@@ -120,16 +133,7 @@ def attack_tasks(preset, cfg, target, kinds=ATTACK_KINDS):
                                            "--eps", "1.0"], 1))
     tasks.append(("noise", f"noise {name}", attack_pgd.main,
                   target + n(preset["noise"]["max_samples"]) + ["--noise"], 1))
-    # one task per eps (and AutoAttack component), each split further into beat shards (the
-    # script merges them into one result)
-    out = []
-    for kind, label, fn, argv, k in tasks:
-        if kind not in kinds:
-            continue
-        for lab, arg in per_eps(label, fn, argv):
-            out += [(lab, fn, arg)] if k == 1 else [
-                (f"{lab} shard {i}/{k}", fn, arg + ["--shard", f"{i}/{k}"]) for i in range(1, k + 1)]
-    return out
+    return tasks
 
 
 def per_eps(label, fn, argv):
