@@ -61,14 +61,9 @@ def default_config(arch, method):
     return cfg
 
 
-def make_config(arch, method, **overrides):
-    """The whole config of a run (training.make_config over this script's defaults)."""
-    return training.make_config(default_config(arch, method), **overrides)
-
-
-def config_argv(cfg):
-    """The flags that rebuild cfg with main()."""
-    return training.config_argv(cfg, default_config(cfg["arch"], cfg["method"]))
+# make_config(arch, method, **overrides): a run's whole config over the defaults above;
+# config_argv(cfg): the flags that rebuild it with main()
+make_config, config_argv = training.configurator(default_config)
 
 
 def get_args_parser():
@@ -90,13 +85,7 @@ def get_args_parser():
 
 def main(argv=None):
     """Parse flags into the run's config and train it; exit 2 on bad input."""
-    p = get_args_parser()
-    args = vars(p.parse_args(argv))
-    try:
-        cfg = make_config(args.pop("arch"), args.pop("method"), **args)
-    except ValueError as e:
-        p.error(str(e))
-    return training.run(cfg, nsr_objective)
+    return training.main(get_args_parser(), make_config, nsr_objective, argv)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,17 @@ def config_argv(cfg, defaults):
     return argv
 
 
+def configurator(default_config):
+    """(make_config(arch, method, **overrides), config_argv(cfg)) of a training script whose
+    defaults are default_config(arch, method)."""
+    def script_make_config(arch, method, **overrides):
+        return make_config(default_config(arch, method), **overrides)
+
+    def script_config_argv(cfg):
+        return config_argv(cfg, default_config(cfg["arch"], cfg["method"]))
+    return script_make_config, script_config_argv
+
+
 def run_name(cfg):
     """{arch}_{method}[_{its parameter}][_{tag}{value} for each non-paper setting]_s{seed}."""
     method = cfg["method"]
@@ -278,3 +289,13 @@ def run(cfg, objective):
     finally:
         release_folder(cfg["out_dir"])
     return 0
+
+
+def main(parser, make_config, objective, argv=None):
+    """A training script's main: its flags -> its run config (make_config) -> training."""
+    args = vars(parser.parse_args(argv))
+    try:
+        cfg = make_config(args.pop("arch"), args.pop("method"), **args)
+    except ValueError as e:
+        parser.error(str(e))
+    return run(cfg, objective)
