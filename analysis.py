@@ -249,7 +249,8 @@ def paired_differences(df, baseline="ce"):
 
 def headline(aggs, eps_list, others):
     """The front page's table: per arch, CE, NSR and the `others` best other methods by the
-    worst case at eps_list[0], each with the paper's PGD next to the worst case at each eps.
+    worst case at eps_list[0], each with the paper's PGD next to the worst case at each eps; a
+    model not yet attacked by the paper's PGD at eps_list[0] is left out.
     `aggs`: {arch: {"pgd": aggregate table, "worst": aggregate table}}. Returns a DataFrame."""
     rows = []
     for arch, by_kind in aggs.items():
@@ -259,7 +260,10 @@ def headline(aggs, eps_list, others):
         key = f"bacc_{eps_list[0]:g}"
         if key not in worst:
             continue
-        ranked = worst.dropna(subset=[key]).sort_values(key, ascending=False)
+        # a model enters once the paper's PGD ran at the first eps (its attacks may still run)
+        done = set(pgd.dropna(subset=[key])["model"]) if key in pgd else set()
+        ranked = worst[worst["model"].isin(done)].dropna(subset=[key]).sort_values(
+            key, ascending=False)
         base = [m for m in ranked["model"] if m.split("_")[1] in ("ce", "nsr")]
         rest = [m for m in ranked["model"] if m not in base][:others]
         for model in sorted(base, key=lambda m: m.split("_")[1] != "ce") + rest:

@@ -153,7 +153,9 @@ def plot_headline(aggs, head, path):
         for i, model in enumerate(models):
             color = "black" if model.split("_")[1] == "nsr" else f"C{i}"
             for kind, style in (("worst", "-"), ("pgd", "--")):
-                agg = aggs[arch][kind]
+                agg = aggs[arch].get(kind)
+                if agg is None or model not in set(agg["model"]):
+                    continue                # e.g. AutoAttack done, the paper's PGD still to run
                 r = agg.set_index("model").loc[model]
                 cols = ["clean_bacc"] + [c for c in agg.columns if c.startswith("bacc_")
                                          and c.count("_") == 1 and float(c[5:]) <= 0.3

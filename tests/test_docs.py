@@ -135,3 +135,24 @@ def test_results_md_is_what_evaluate_writes(tmp_path):
     assert table_rows(fresh) == table_rows(read("RESULTS.md"))
     assert table_rows((out / "tables" / "headline.md").read_text()) == \
         table_rows(read(os.path.join("results", "paper", "tables", "headline.md")))
+
+
+def test_headline_with_a_model_not_yet_under_the_papers_pgd(tmp_path):
+    """A model with a worst case but no paper-PGD row yet (its attacks still running) stays out
+    of the headline table, and the figure draws only what a model has, not an error."""
+    import evaluate
+
+    def agg(rows):
+        return pd.DataFrame([{"model": m, "method": m.split("_")[1].upper(), "seeds": 1,
+                              "clean_bacc": 0.9, "bacc_0.03": a, "bacc_0.1": b, "bacc_0.1_min": b,
+                              "bacc_0.1_max": b} for m, a, b in rows])
+    worst = agg([("cnn_ce", 0.1, 0.0), ("cnn_nsr", 0.4, 0.0), ("cnn_mse", 0.5, 0.1)])
+    pgd = agg([("cnn_ce", 0.2, 0.0), ("cnn_nsr", 0.9, 0.5)])
+    aggs = {"cnn": {"worst": worst, "pgd": pgd}}
+    head = analysis.headline(aggs, (0.03, 0.1), 2)
+    assert list(head["model"]) == ["cnn_ce", "cnn_nsr"]      # MSE: no paper PGD yet
+    assert evaluate.plot_headline(aggs, head, str(tmp_path / "h.png")) is None
+    head = pd.concat([head, pd.DataFrame([dict(head.iloc[0], model="cnn_mse", method="MSE")])],
+                     ignore_index=True)
+    assert evaluate.plot_headline(aggs, head, str(tmp_path / "h.png")) is None
+    assert (tmp_path / "h.png").stat().st_size > 0
