@@ -8,7 +8,8 @@ set -e
 cd "$(dirname "$0")"
 source setup_env.sh requirements.txt
 WORKERS=${NSR_WORKERS:-2}
-if [ "${1:-}" = quick ] && [ "$WORKERS" -gt 1 ] && [ "$(nproc)" -ge "$WORKERS" ] \
+CORES=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+if [ "${1:-}" = quick ] && [ "$WORKERS" -gt 1 ] && [ "$CORES" -ge "$WORKERS" ] \
         && [ -z "${WORLD_SIZE:-}" ]; then
     echo "running the demo as $WORKERS torchrun workers of one thread each (NSR_WORKERS=1: one process)"
     OMP_NUM_THREADS=1 exec "$PY" -m torch.distributed.run --standalone \
