@@ -87,3 +87,47 @@ def nsr_step_per_class_loop(model, x, y, beta, eps=0.01):
     if not correct.any():
         return loss
     return loss + beta * nsr_per_class_loop(model, x[correct], y[correct], eps)
+
+
+def sap_han_per_beat(model, x, y, eps, steps=40, init_steps=20,
+                     sizes=(5, 7, 11, 15, 19), sigmas=(1.0, 3.0, 5.0, 7.0, 10.0)):
+    """Han et al. 2020's SAP as METHOD.md 5 states it, one beat at a time, each of the 25
+    Gaussian kernels convolved on its own (its own length, zero padding, same output length):
+        delta = 0; 20 times: delta = clip(delta + (eps/10) sign(d CE / d x), -eps, eps),
+                             kept in [0, 1]                                 # the initialisation
+        theta = delta
+        for t in 0 .. steps:
+            x_t = clamp(x + mean_k conv(theta, k), 0, 1)
+            if argmax f(x_t) != y or t == steps: return x_t
+            theta = clip(theta + (eps/10) sign(d CE(f(x_t), y) / d theta), -eps, eps)"""
+    step = eps / 10
+    kernels = []
+    for size in sizes:
+        for sigma in sigmas:
+            t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+            k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+            kernels.append((k / k.sum()).to(x.dtype))
+
+    def smooth(theta):
+        return torch.stack([F.conv1d(theta.view(1, 1, -1), k.view(1, 1, -1),
+                                     padding=(len(k) - 1) // 2).view(-1) for k in kernels]).mean(0)
+    x_adv = x.clone()
+    for i in torch.nonzero(predict(model, x) == y).flatten().tolist():
+        xi, yi = x[i], y[i:i + 1]
+        delta = torch.zeros_like(xi)
+        for _ in range(init_steps):
+            x_in = (xi + delta).clamp(0, 1).requires_grad_(True)
+            (g,) = torch.autograd.grad(F.cross_entropy(model(x_in[None]), yi), x_in)
+            delta = (delta + step * g.sign()).clamp(-eps, eps)
+            delta = (xi + delta).clamp(0, 1) - xi
+        theta = delta.detach()
+        for t in range(steps + 1):
+            theta = theta.detach().requires_grad_(True)
+            x_t = (xi + smooth(theta)).clamp(0, 1)
+            z = model(x_t[None])
+            if z.argmax(1) != yi or t == steps:
+                x_adv[i] = x_t.detach()
+                break
+            (g,) = torch.autograd.grad(F.cross_entropy(z, yi), theta)
+            theta = (theta + step * g.sign()).clamp(-eps, eps)
+    return x_adv

@@ -475,3 +475,66 @@ def test_a_stale_sibling_shard_is_named(checkpoint, sample_dir, tmp_path, capsys
     assert attack_autoattack.main(["--checkpoint", checkpoint, *base, "--shard", "2/2"]) == 0
     assert "shard 1/2 of" in capsys.readouterr().out
     assert not list((tmp_path / "a").glob("*.json"))
+
+
+# --- the smooth adversarial perturbation (Han et al. 2020) and its strong variant
+def test_sap_equals_a_literal_per_beat_transcription(sample_cache):
+    """Batched SAP (one 25-channel conv, fooled beats leave the batch) equals Han's attack
+    transcribed beat by beat with each kernel on its own, in float64, MLP and CNN."""
+    import attack_sap
+    sel = torch.from_numpy(balanced_subset(sample_cache["Y_test"].numpy(), 4))
+    x, y = sample_cache["X_test"][sel].double(), sample_cache["Y_test"][sel]
+    for arch, eps in (("mlp", 0.05), ("cnn", 0.03)):
+        model = random_model(arch, seed=1).double().eval()
+        ours = attack_sap.sap_attack(model, x, y, eps, "han", steps=15, init_steps=5)
+        ref = oracles.sap_han_per_beat(model, x, y, eps, steps=15, init_steps=5)
+        assert torch.allclose(ours, ref, atol=1e-12, rtol=0), arch
+        assert not torch.equal(ours, x)
+
+
+def test_sap_is_smooth_within_budget_and_strong_is_stronger(trained):
+    """Both variants stay within eps and [0, 1]; the perturbation is smooth (far smaller
+    sample-to-sample steps than an L-inf PGD perturbation of the same eps); strong never leaves
+    a beat that han fooled, nor more beats in all."""
+    import attack_sap
+    model, x, y = trained
+    for eps in (0.03, 0.1):
+        han = attack_sap.sap_attack(model, x, y, eps, "han", steps=20, init_steps=10)
+        strong = attack_sap.sap_attack(model, x, y, eps, "strong", steps=20, init_steps=10,
+                                       strong_steps=20)
+        pgd = attack_pgd.pgd_attack(model, x, y, eps, steps=20, variant="sign")
+        for x_adv in (han, strong):
+            assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+        fooled_han = attack_pgd.predict(model, han) != y
+        fooled_strong = attack_pgd.predict(model, strong) != y
+        assert not (fooled_han & ~fooled_strong).any()
+        assert fooled_strong.sum() >= fooled_han.sum()
+        rough = lambda d: (d[:, 1:] - d[:, :-1]).abs().mean().item()
+        assert rough(han - x) < 0.3 * rough(pgd - x), eps
+    assert fooled_strong.sum() > 0
+
+
+def test_sap_cli_writes_results_and_refuses_bad_input(checkpoint, sample_dir, tmp_path, capsys):
+    import attack_sap
+    out = tmp_path / "attacks"
+    argv = ["--checkpoint", checkpoint, "--sample", "--data-dir", sample_dir, "--eps", "0.1",
+            "--steps", "5", "--init-steps", "3", "--max-samples", "25", "--out-dir", str(out),
+            "--device", "cpu"]
+    assert attack_sap.main(argv) == 0
+    (f,) = os.listdir(out)
+    r = json.load(open(out / f))
+    assert r["attack"] == "sap-han" and r["settings"]["steps"] == 5 and len(r["labels"]) == 25
+    assert r["max_linf"] <= 0.1 + 1e-6 and r["in_range"]
+    for bad, flag in ((["--eps", "1.5"], "--eps"), (["--steps", "0"], "--steps"),
+                      (["--variant", "fast"], "--variant")):
+        with pytest.raises(SystemExit) as e:
+            attack_sap.main(argv[:-6] + bad + ["--out-dir", str(out), "--device", "cpu"])
+        assert e.value.code == 2 and flag in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown SAP variant"):
+        attack_sap.sap_batch(checkpoint_model(checkpoint), torch.rand(2, 187),
+                             torch.tensor([0, 1]), 0.1, variant="fast")
+
+
+def checkpoint_model(path):
+    from models import load_checkpoint
+    return load_checkpoint(path)[0]

@@ -26,7 +26,8 @@ def test_torchattacks_without_torchvision():
 
 
 @pytest.mark.parametrize("script", ["preprocess", "train_baseline", "train_nsr", "attack_pgd",
-                                    "attack_spsa", "attack_autoattack", "evaluate", "reproduce",
+                                    "attack_spsa", "attack_autoattack", "attack_sap", "evaluate",
+                                    "reproduce",
                                     "bench", "benchmark"])
 def test_help_reads_like_a_man_page(script, capsys):
     """No "(default: None)" or "(default: False)", no path of the machine it was built on, a
