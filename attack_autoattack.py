@@ -22,11 +22,11 @@ Results: one JSON per (checkpoint, attack, eps) in the format of attack_pgd.py (
 import numpy as np
 import torch
 
-from attack_common import (add_target_args, eps_arg, open_target, parser, predict, run_sweep,
+from attack_common import (add_target_args, eps_arg, open_attack, parser, predict, run_sweep,
                            shard_arg)
 from attack_pgd import EPS_LIST
 from models import N_CLASSES, N_SAMPLES
-from utils import arg_number, progress_bar, run_cli, tune_malloc
+from utils import arg_number, progress_bar, run_cli
 
 ATTACKS = ["apgd-ce", "apgd-t", "fab-t", "square"]
 STEPS = 100              # APGD and FAB iterations (AutoAttack standard)
@@ -110,13 +110,11 @@ def main(argv=None):
                    help="attack the I-th of K parts (whole batches) of the beats; the parts "
                         "merge into the unsplit result once all are done")
     args = p.parse_args(argv)
-    target, rc = open_target(args)
+    target, subset, rc = open_attack(args)
     if rc:
         return rc
     import torchattacks
-    tune_malloc()
     model, x, y = target["model"], target["x"], target["y"]
-    subset = f"-n{len(target['idx'])}" if args.max_samples else ""
     for name in args.attacks:
         budget = {"n_queries": args.n_queries} if name == "square" else {"steps": args.steps}
         tag = f"{name}-" + (f"q{args.n_queries}" if name == "square" else f"s{args.steps}") + subset

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from models import ModelLoadError, load_checkpoint, load_user_model, predict  # noqa: F401
 from utils import (HelpFormatter, arg_number, atomic_write, files_sha256, get_device, hold_folder,
-                   release_folder, run_info, sha256_file)
+                   release_folder, run_info, sha256_file, tune_malloc)
 from preprocess import (DATA_DIR, DataError, balanced_subset, cache_path, canonical_data_sha256,
                         classification_metrics, data_sha256, load_cache)
 
@@ -385,6 +385,17 @@ def open_target(args, per_class=None):
     except (DataError, ValueError, FileNotFoundError, OSError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return None, 2
+
+
+def open_attack(args, per_class=None):
+    """What every attack script does first: open_target from its parsed flags, then the CPU
+    allocator tuned for batches of beats. (target, result-name subset tag, None), or
+    (None, "", exit code 2) with the message printed."""
+    target, rc = open_target(args, per_class)
+    if rc:
+        return None, "", rc
+    tune_malloc()
+    return target, (f"-n{len(target['idx'])}" if args.max_samples else ""), None
 
 
 def parser(description):

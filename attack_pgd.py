@@ -23,9 +23,9 @@ worst case), the largest |x_adv - x|_inf and the count of samples whose input gr
 import torch
 import torch.nn.functional as F
 
-from attack_common import (SEED, add_target_args, eps_arg, open_target, parser, predict,
+from attack_common import (SEED, add_target_args, eps_arg, open_attack, parser, predict,
                            run_sweep)
-from utils import arg_number, progress_bar, run_cli, tune_malloc
+from utils import arg_number, progress_bar, run_cli
 
 EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]                         # METHOD.md 5
 NOISE_EPS_LIST = [0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -165,13 +165,11 @@ def main(argv=None):
                    help="beats attacked at once (speed only)")
     p.add_argument("--noise", action="store_true", help="uniform white noise instead of PGD")
     args = p.parse_args(argv)
-    target, rc = open_target(args)
+    target, subset, rc = open_attack(args)
     if rc:
         return rc
-    tune_malloc()
     torch.manual_seed(args.seed)
     model, x, y = target["model"], target["x"], target["y"]
-    subset = f"-n{len(target['idx'])}" if args.max_samples else ""
     if args.noise:
         attack, tag = "noise", "noise" + subset
         settings_for = lambda eps: {"eps": eps, "seed": args.seed}

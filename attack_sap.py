@@ -23,9 +23,9 @@ does; the 20 PGD steps are an initialisation only (their inputs are not smooth a
 import torch
 import torch.nn.functional as F
 
-from attack_common import add_target_args, eps_arg, open_target, parser, predict, run_sweep
+from attack_common import add_target_args, eps_arg, open_attack, parser, predict, run_sweep
 from models import N_CLASSES
-from utils import arg_number, progress_bar, run_cli, tune_malloc
+from utils import arg_number, progress_bar, run_cli
 
 EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]
 KERNEL_SIZES = (5, 7, 11, 15, 19)
@@ -165,12 +165,10 @@ def get_args_parser():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    target, rc = open_target(args)
+    target, subset, rc = open_attack(args)
     if rc:
         return rc
-    tune_malloc()
     model, x, y = target["model"], target["x"], target["y"]
-    subset = f"-n{len(target['idx'])}" if args.max_samples else ""
     tag = (f"sap-{args.variant}-s{args.steps}-i{args.init_steps}"
            + (f"-t{args.strong_steps}" if args.variant == "strong" else "") + subset)
     settings_for = lambda eps: {"eps": eps, "variant": args.variant, "steps": args.steps,

@@ -25,11 +25,11 @@ output), under torch.inference_mode, and samples that flip leave the batch.
 import numpy as np
 import torch
 
-from attack_common import (add_target_args, eps_arg, open_target, parser, predict, run_sweep,
+from attack_common import (add_target_args, eps_arg, open_attack, parser, predict, run_sweep,
                            shard_arg)
 from attack_pgd import adamax_ascent_, margin, uniform_start
 from models import model_arch
-from utils import arg_number, progress_bar, run_cli, tune_malloc
+from utils import arg_number, progress_bar, run_cli
 
 EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]     # METHOD.md 5
 PER_CLASS = 162            # the first 162 test beats of each class: 810
@@ -143,10 +143,9 @@ def main(argv=None):
                    help="attack the I-th of K parts of the beats; the K parts merge into the "
                         "unsplit result once all are done")
     args = p.parse_args(argv)
-    target, rc = open_target(args, per_class=args.per_class)
+    target, _, rc = open_attack(args, per_class=args.per_class)
     if rc:
         return rc
-    tune_malloc()
     per_class = target["data"]["per_class"]
     args.chunk_rows = args.chunk_rows or CHUNK_ROWS[model_arch(target["model"])]
     tag = f"spsa-s{args.steps}-d{args.n_dirs}-n{len(target['idx'])}"
