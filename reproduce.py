@@ -24,7 +24,9 @@ training run that was killed continues from its last epoch (--resume), so re-run
 command after an interruption picks up where it stopped.
 """
 import argparse
+import contextlib
 import functools
+import io
 import json
 import os
 import sys
@@ -449,13 +451,15 @@ class Workers:
         return msg
 
     def rank0_first(self, fn):
-        """fn() on rank 0, then the others (e.g. building the data cache once)."""
+        """fn() on rank 0, then the others (e.g. building the data cache once); only rank 0's
+        stdout shows (errors go to stderr from every rank)."""
         if self.rank == 0:
             fn()
         if self.world > 1:
             self.dist.barrier()
         if self.rank != 0:
-            fn()
+            with contextlib.redirect_stdout(io.StringIO()):
+                fn()
 
     def close(self):
         if self.world > 1:
