@@ -247,3 +247,23 @@ def test_one_writer_per_results_folder(sample_dir, tmp_path, capsys):
         holder.wait()
     assert reproduce.main(argv + ["--results-dir", str(res), "--phases", "train", "attack"]) == 0
     assert list((res / "attacks").glob("*.json"))
+
+
+def test_the_demo_runs_every_attack_the_paper_preset_runs():
+    """The quick preset may shrink budgets but not drop an attack: every attack script and
+    AutoAttack component of the paper preset's tasks appears in the quick preset's (issue 24)."""
+    import protocol
+
+    def kinds(preset):
+        out = set()
+        for arch in protocol.ARCHS:
+            cfg = {"arch": arch, "seed": 0, "name": f"{arch}_x"}
+            for _, fn, argv in reproduce.attack_tasks(protocol.PRESETS[preset], cfg, []):
+                attack = argv[argv.index("--attacks") + 1] if "--attacks" in argv else None
+                variant = argv[argv.index("--variant") + 1] if "--variant" in argv else None
+                out.add((fn.__module__, attack, variant, "--noise" in argv,
+                         "--restarts" in argv))
+        return out
+    paper, quick = kinds("paper"), kinds("quick")
+    assert {a for _, a, _, _, _ in paper} >= {"apgd-ce", "apgd-t", "fab-t", "square"}
+    assert paper <= quick, paper - quick
