@@ -16,7 +16,7 @@ outputs, an input gradient (white-box attacks need one) and an unchanged input a
 between two calls in eval mode (a randomised defence: these attacks are not EOT attacks) or with
 the batch a beat is in are WARNINGs, as AutoAttack's checks are.
 
-Then the paper preset's attack suite (reproduce.PRESETS["paper"], with the MLP rows' beats):
+Then the paper preset's attack suite (protocol.PRESETS["paper"], with the MLP rows' beats):
 clean balanced accuracy on the whole test split; the paper's PGD-100 on the whole split at every
 eps; APGD-CE, APGD-T, FAB-T (100 steps) and Square (5,000 queries) on the 961 balanced beats the
 committed MLP rows were attacked on; SPSA on 810 beats; the sanity-check runs and white noise;
