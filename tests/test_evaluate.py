@@ -138,7 +138,8 @@ def test_planted_problems_are_flagged(tmp_path, capsys):
     assert st["1"] == "FAIL" and st["3"] == "FAIL" and st["6"] == "FAIL" and st["8"] == "FAIL"
     assert st["2"] == "PASS" and st["5"] == "PASS"
     assert "WARNING: sanity check 1." in out and "eps 0.03 but 15/20 at eps 0.1" in out
-    assert "WARNING: sanity check 3." in out and "SPSA leaves 5/20 correct" in out
+    assert "WARNING: sanity check 3." in out and "cnn_nsr_0.3 eps 0.03: spsa " in out
+    assert "against the paper's PGD" in out
     assert "WARNING: sanity check 6." in out and "WARNING: sanity check 8." in out
 
 
@@ -477,3 +478,18 @@ def test_check7_fails_on_a_worst_case_that_is_not_one(tmp_path):
 def load_results_of(d):
     from records import load_results
     return load_results(os.path.join(str(d), "attacks"))
+
+
+def test_check3_flags_square_beating_the_papers_pgd():
+    """Check 3 takes every black-box attack: Square (like SPSA) leaving fewer beats than the
+    paper's PGD on the same beats FAILs, naming model, eps and attack; within the margin passes;
+    another checkpoint's PGD is not compared."""
+    pgd = result("cnn_nsr_0.3", "nsr", "pgd-paper", 0.03, 15)
+    weak = result("cnn_nsr_0.3", "nsr", "square", 0.03, 15, settings=AA_SETTINGS)
+    strong = result("cnn_nsr_0.3", "nsr", "square", 0.03, 10, settings=AA_SETTINGS)
+    assert checks.check_blackbox_vs_pgd([pgd, weak])[0] == "PASS"
+    status, detail = checks.check_blackbox_vs_pgd([pgd, strong])
+    assert status == "FAIL" and "cnn_nsr_0.3 eps 0.03: square 0.500 against the paper's PGD " \
+                                "0.750 on 20 beats" in detail
+    other = dict(strong, checkpoint_sha256="12" * 32)
+    assert checks.check_blackbox_vs_pgd([pgd, other])[0] == "not run"
