@@ -10,7 +10,7 @@ from attack_autoattack import ATTACKS as AUTOATTACKS
 from preprocess import classification_metrics
 
 # thresholds of the sanity checks (METHOD.md 7)
-ONE_SAMPLE = 1.0       # checks 1, 2, 4: tolerance of one beat in the count
+ONE_SAMPLE = 1.0       # checks 1-4: tolerance of one beat in the count
 SATURATED = 0.98       # check 4 skips an eps where PGD fooled this share of the attacked beats
 NOISE_SHARE = 0.5      # check 4: "far less" = white noise costs at most this share of PGD's drop
 EPS_ONE_MAX_ACC = 0.05  # check 5: accuracy left by PGD at eps >= 1
@@ -69,7 +69,8 @@ def check_blackbox_vs_pgd(records):
     """Check 3 (METHOD.md 7; Carlini et al. 2019, sec. 5: gradient-free attacks should not beat
     gradient-based ones; Croce & Hein 2020 flag the same): on the beats both ran, a black-box
     attack (SPSA, Square) may not lower balanced accuracy more than BLACKBOX_MARGIN below the
-    white-box paper PGD at the same eps. If it does, the gradients mislead the white-box
+    white-box paper PGD at the same eps (and by more than one beat: on SPSA's 15-beat demo
+    subsets one beat moves balanced accuracy by 0.067). If it does, the gradients mislead the white-box
     attack: suspect gradient masking. FAIL names model, eps and attack."""
     pgd = {}
     for r in records:
@@ -89,7 +90,8 @@ def check_blackbox_vs_pgd(records):
         label, mine = dict(zip(r["indices"], r["labels"])), dict(zip(r["indices"], r["adv_pred"]))
         y = [label[i] for i in common]
         b_pgd, b_bb = bacc_on(y, [pp[i] for i in common]), bacc_on(y, [mine[i] for i in common])
-        if b_pgd - b_bb > BLACKBOX_MARGIN:
+        beats = sum(pp[i] == label[i] for i in common) - sum(mine[i] == label[i] for i in common)
+        if b_pgd - b_bb > BLACKBOX_MARGIN and beats > ONE_SAMPLE:
             bad.append(f"{r['model']} eps {r['eps']:g}: {r['attack']} {b_bb:.3f} against the "
                        f"paper's PGD {b_pgd:.3f} on {len(common)} beats (suspect gradient "
                        "masking)")
