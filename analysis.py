@@ -59,8 +59,10 @@ def table_kind(r):
         return "spsa"
     if r["attack"] == "noise":
         return "noise"
-    if r["attack"] in ("worst", "autoattack"):
+    if r["attack"] in ("worst", "autoattack", "smooth", "transfer"):
         return r["attack"]
+    if r["attack"] == "sap-han":
+        return "sap"
     return None
 
 
@@ -276,4 +278,74 @@ def headline(aggs, eps_list, others):
                 row[f"pgd_{e:g}"] = p[c] if p is not None and c in p else np.nan
                 row[f"worst_{e:g}"] = w[c] if c in w else np.nan
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+SMOOTH = ("sap-han", "sap-strong")       # the smooth threat model's attacks (METHOD.md 5)
+# the columns of "how each attack sees each model": (label, which runs)
+VIEW = (("paper PGD", lambda r: table_kind(r) == "pgd"),
+        *((name, lambda r, a=attack: r["attack"] == a) for name, attack in (
+            ("APGD-CE", "apgd-ce"), ("APGD-T", "apgd-t"), ("FAB-T", "fab-t"),
+            ("Square", "square"), ("SAP", "sap-han"), ("SAP strong", "sap-strong"),
+            ("transfer", "transfer"), ("smooth worst", "smooth"), ("worst case", "worst"))))
+BEATS_PGD_BY = 0.02       # a column that is this far below the paper's PGD is named (check 3, 9)
+
+
+def attack_view(records, arch, eps):
+    """How each attack sees each model at one eps: per model, the balanced accuracy each attack
+    of VIEW leaves on the worst case's beats (NaN where it did not run on all of them), and the
+    attacks that beat the paper's PGD by more than BEATS_PGD_BY there; then the mean over
+    training seeds per group. Returns (per-model DataFrame, per-group DataFrame) or (None, None)."""
+    worst = {r["model"]: r for r in records if r["attack"] == "worst" and r["arch"] == arch
+             and r["eps"] == eps}
+    rows = []
+    for model, w in worst.items():
+        keep = w["indices"]
+        row = {"model": model, "group": group_of(model), "n": len(keep),
+               "order": row_key(w["model_config"], arch)[0],
+               "method": row_key(w["model_config"], arch)[1],
+               "seed": w["model_config"].get("seed", 0)}
+        for label, match in VIEW:
+            runs = [r for r in records if r["model"] == model and r["eps"] == eps and match(r)
+                    and provenance(r) == provenance(w)]
+            row[label] = np.nan
+            if runs:
+                r = pick(runs)
+                pred, y = dict(zip(r["indices"], r["adv_pred"])), dict(zip(r["indices"],
+                                                                             r["labels"]))
+                if all(i in pred for i in keep):
+                    row[label] = classification_metrics(
+                        [y[i] for i in keep], [pred[i] for i in keep])["balanced_accuracy"]
+        pgd = row["paper PGD"]
+        row["beat PGD"] = [label for label, _ in VIEW[1:-2]
+                           if not np.isnan(pgd) and pgd - row[label] > BEATS_PGD_BY]
+        rows.append(row)
+    if not rows:
+        return None, None
+    df = pd.DataFrame(rows).sort_values(["order", "model"])
+    cols = [label for label, _ in VIEW]
+    groups = []
+    for group, g in df.groupby("group", sort=False):
+        flagged = Counter(a for lst in g["beat PGD"] for a in lst)
+        groups.append({"method": g["method"].iloc[0], "model": group, "seeds": len(g),
+                       "n": g["n"].iloc[0], **{c: g[c].astype(float).mean() for c in cols},
+                       "beat PGD": ", ".join(f"{a} ({k}/{len(g)})" if len(g) > 1 else a
+                                             for a, k in flagged.items())})
+    return df, pd.DataFrame(groups)
+
+
+def surface_summary(surfaces):
+    """Per surface.py file: the median input-gradient L1 norm and the share of its curve's
+    beats fooled (margin < 0) at t = 0.03 and 0.1 along each direction."""
+    rows = []
+    for s in sorted(surfaces, key=lambda s: (s["arch"], row_key(s["model_config"], s["arch"])[0],
+                                             s["model"])):
+        t = np.asarray(s["eps"])
+        row = {"model": s["model"], "arch": s["arch"], "method": s["method"],
+               "beats": len(s["curve_labels"]), "grad_l1_median": float(np.median(s["grad_l1"]))}
+        for d, v in s["directions"].items():
+            m = np.asarray(v["margin"])
+            for e in (0.03, 0.1):
+                row[f"{d}_{e:g}"] = float((m[:, int(np.argmin(np.abs(t - e)))] < 0).mean())
+        rows.append(row)
     return pd.DataFrame(rows)

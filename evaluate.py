@@ -34,20 +34,22 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analysis import (METHOD_LABEL, aggregate, build_table, headline, paired_differences,  # noqa: E402
-                      pick, row_key, run_settings, table_kind, worst_case)
+from analysis import (METHOD_LABEL, SMOOTH, VIEW, aggregate, attack_view,  # noqa: E402
+                      build_table, headline, paired_differences, pick, row_key, run_settings,
+                      surface_summary, table_kind, worst_case)
 from attack_autoattack import ATTACKS as AUTOATTACKS  # noqa: E402
 from checks import sanity_checks  # noqa: E402
 from models import CLASS_NAMES  # noqa: E402
 from preprocess import canonical_data_sha256, data_digest, read_cache  # noqa: E402
 from protocol import ARCHS, PRESETS, per_arch  # noqa: E402
-from records import load_histories, load_results, vouch  # noqa: E402
+from records import load_histories, load_results, load_surfaces, vouch  # noqa: E402
 from utils import HelpFormatter, atomic_write, git_commit, run_cli, sha256_file  # noqa: E402
 
 RESULTS_DIR = "results"
 EXAMPLE_EPS = 0.03     # the clean-vs-adversarial beat figure
 HEADLINE_EPS = (0.03, 0.1)  # the headline table: paper PGD next to the worst case at these eps
 HEADLINE_OTHERS = 2    # ... for CE, NSR and this many best other methods (worst case, 1st eps)
+VIEW_EPS = (0.03, 0.1)  # "how each attack sees each model" at these eps
 
 
 def table_markdown(agg, title):
@@ -322,7 +324,8 @@ def subset_lines(records):
     beats = defaultdict(set)
     for r in records:
         family = "square" if r["attack"] == "square" else (
-            "autoattack" if r["attack"] in AUTOATTACKS else r["attack"])
+            "autoattack" if r["attack"] in AUTOATTACKS + list(SMOOTH) + ["transfer"]
+            else r["attack"])
         if family in asked:
             beats[(r["arch"], family)].add(len(r["labels"]))
     lines, shrunk = [], False
@@ -393,9 +396,13 @@ def data_line(records):
 TITLES = {"worst": "Worst case per beat over every attack (the number to trust)",
           "pgd": "White-box PGD, the paper's variant (as the paper measures)",
           "autoattack": "AutoAttack ensemble (APGD-CE, APGD-T, FAB-T, Square; worst case per beat)",
+          "smooth": "Smooth threat model: worst case per beat over SAP and strong SAP",
+          "sap": "Smooth adversarial perturbation (SAP, Han et al. 2020)",
+          "transfer": "Transfer: APGD-T beats crafted on the CE model of the same arch and seed",
           "spsa": "Black-box SPSA", "noise": "Uniform white noise"}
 WORST_NOTE = ("A beat counts as fooled when any attack run on it fooled it: the paper's PGD, sign "
-              "PGD and its restarts, SPSA and the AutoAttack components. Cells: balanced accuracy "
+              "PGD and its restarts, SPSA, the AutoAttack components, SAP (both variants) and "
+              "the transfer attack. Cells: balanced accuracy "
               "on the beats of the model's largest run at that eps, narrowed to the beats the "
               "AutoAttack ensemble attacked where it ran (n: the count most cells share; cells "
               "on other beats are named under the table).")
@@ -480,6 +487,128 @@ def headline_section(aggs, tables_dir, fig_dir):
             f"Not drawn: {why}." if why else "![headline](figures/headline.png)", ""]
 
 
+SMOOTH_NOTE = ("The smooth threat model (METHOD.md 5): perturbations that are a mean of Gaussian "
+               "smoothings of a vector within eps, as ECG noise is smooth (Han et al. 2020). "
+               "Every smooth perturbation is also within the L-inf ball, so these attacks count "
+               "in the worst case above too; this table is the worst case over them alone.")
+
+
+def view_markdown(agg, arch, eps):
+    cols = [label for label, _ in VIEW]
+    lines = [f"**{arch.upper()}, eps {eps:g}** (balanced accuracy on the worst case's beats, "
+             "mean over training seeds; last column: the attacks that leave more than "
+             "0.02 less than the paper's PGD, with the share of seeds)", "",
+             "| method | n | seeds | " + " | ".join(cols) + " | beat the paper's PGD |",
+             "|---|---:|---:|" + "---:|" * len(cols) + "---|"]
+    for _, r in agg.iterrows():
+        lines.append("| " + " | ".join([r["method"], str(r["n"]), str(r["seeds"])]
+                                       + ["-" if pd.isna(r[c]) else f"{r[c]:.3f}" for c in cols]
+                                       + [r["beat PGD"] or "none"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def view_section(records, tables_dir):
+    """How each attack sees each model (tables/attack_view_{arch}.md, .csv): a CE-loss attack
+    that stalls on a model where margin, black-box and transfer attacks do not is the
+    signature of gradient masking (METHOD.md 7, check 3)."""
+    lines = ["## How each attack sees each model", "",
+             "Each attack alone, on the same beats (the worst case's), at two eps. On a model "
+             "whose gradients mislead, the paper's PGD (CE loss) stalls while margin losses "
+             "(APGD-T, FAB-T), black-box search (Square) and beats crafted on another model "
+             "(transfer) still fool it.", ""]
+    for arch in ARCHS:
+        parts, csv = [], []
+        for eps in VIEW_EPS:
+            per_model, agg = attack_view(records, arch, eps)
+            if agg is None:
+                continue
+            parts.append(view_markdown(agg, arch, eps))
+            csv.append(per_model.drop(columns=["order"]).assign(
+                eps=eps, **{"beat PGD": per_model["beat PGD"].map(" ".join)}))
+        if not parts:
+            continue
+        md = "\n".join(parts)
+        base = os.path.join(tables_dir, f"attack_view_{arch}")
+        atomic_write(base + ".md", lambda t: open(t, "w").write(md))
+        write_csv(pd.concat(csv), base + ".csv")
+        lines += [md, ""]
+    return lines if len(lines) > 4 else []
+
+
+def plot_surface(surfaces, path):
+    """The loss surface, CE vs NSR per arch (seed 0 or the lowest seed present): margin along
+    the CE-gradient sign (the paper's PGD's first step), along the straight line to APGD-T's
+    beat, along a random sign; CE loss along the CE-gradient sign; input-gradient L1 norms."""
+    archs = [a for a in ARCHS if any(s["arch"] == a for s in surfaces)]
+    panels = (("margin", "gradient sign", "margin along sign(grad CE)"),
+              ("margin", "APGD-T", "margin along the line to APGD-T's beat"),
+              ("margin", "random sign", "margin along a random sign"),
+              ("loss", "gradient sign", "CE loss along sign(grad CE)"))
+    fig, axes = plt.subplots(len(archs), len(panels) + 1, figsize=(17, 3.4 * len(archs)),
+                             squeeze=False)
+    for row, arch in zip(axes, archs):
+        for s in surfaces:
+            if s["arch"] != arch:
+                continue
+            color = {"ce": "C0", "nsr": "C3"}.get(s["method"], "C2")
+            t = np.asarray(s["eps"])
+            # margins in units of the model's median clean margin: an MSE-trained model's logits
+            # live on a smaller scale than a CE model's; the sign (fooled or not) is unchanged
+            scale = abs(float(np.median(np.asarray(s["directions"]["random sign"]["margin"])[:, 0])))
+            for ax, (what, d, title) in zip(row, panels):
+                v = np.asarray(s["directions"][d][what]) / (scale if what == "margin" else 1)
+                lo, mid, hi = np.percentile(v, [25, 50, 75], axis=0)
+                ax.plot(t, mid, color=color, label=f"{METHOD_LABEL[s['method']]} ({s['model']})")
+                ax.fill_between(t, lo, hi, color=color, alpha=0.2)
+                ax.set_title(f"{arch.upper()}: {title}", fontsize=9)
+                ax.set_xlabel("t (L-inf step)")
+                if what == "margin":
+                    ax.axhline(0, color="k", lw=0.6)
+            g = np.asarray(s["grad_l1"])
+            row[-1].hist(np.log10(g[g > 0]), bins=30, color=color, alpha=0.5,
+                         label=f"{METHOD_LABEL[s['method']]}: median {np.median(g):.3g}")
+            row[-1].set_title(f"{arch.upper()}: input-gradient L1 norm (log10)", fontsize=9)
+        row[0].legend(fontsize=7)
+        row[-1].legend(fontsize=7)
+    fig.suptitle("Median and quartiles over the beats; margins in units of the model's median "
+                 "clean margin (below 0: a fooled beat)", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def surface_section(results_dir, fig_dir):
+    """The loss-surface figure and its numbers (surface.py's files whose checkpoint is the one
+    on disk; a stale one is left out, named)."""
+    surfaces, stale = load_surfaces(results_dir)
+    for path, why in stale:
+        print(f"WARNING: left out {path}: {why}")
+    if not surfaces:
+        return []
+    picked = {}
+    for s in sorted(surfaces, key=lambda s: s["model_config"].get("seed", 0)):
+        picked.setdefault((s["arch"], s["method"]), s)
+    shown = [s for k, s in picked.items() if k[1] in ("ce", "nsr")]
+    plot_surface(shown, os.path.join(fig_dir, "surface.png"))
+    summary = surface_summary(surfaces)
+    lines = ["## The loss surface: where the paper's PGD gets stuck", "",
+             "surface.py, around real test beats (the first of each class): the logit margin "
+             "z_y - max z_j (below 0: fooled) and the CE loss along a step of t in every "
+             "sample's direction, and the L1 norm of the input gradient of the CE loss. "
+             "Fooled at t: the share of the curve's beats with a margin below 0 "
+             "(clean-misclassified beats count as fooled at 0).", "",
+             "![loss surface](figures/surface.png)", "",
+             "| model | beats | median grad L1 | " + " | ".join(
+                 f"fooled at {t:g}, {d}" for d in ("sign(grad CE)", "APGD-T line", "random")
+                 for t in (0.03, 0.1)) + " |",
+             "|---|---:|---:|" + "---:|" * 6]
+    for _, r in summary.iterrows():
+        lines.append(f"| {r['model']} | {r['beats']} | {r['grad_l1_median']:.3g} | " + " | ".join(
+            f"{r[f'{d}_{t:g}']:.2f}" for d in ("gradient sign", "APGD-T", "random sign")
+            for t in (0.03, 0.1)) + " |")
+    return lines + [""]
+
+
 def check_lines(records, worst):
     lines = ["## Sanity checks (METHOD.md 7; Carlini et al. 2019, Croce & Hein 2020)", ""]
     for name, (status, detail) in sanity_checks(records, worst):
@@ -496,6 +625,7 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None, results_md
     records, skipped, stale, unverified, histories = read_vouched(results_dir, keep_stale)
     worst = worst_case(records)
     aa = worst_case(records, AUTOATTACKS, "autoattack", nested=False)
+    smooth = worst_case(records, SMOOTH, "smooth")
     out_dir = out_dir or results_dir
     tables_dir, fig_dir = os.path.join(out_dir, "tables"), os.path.join(out_dir, "figures")
     os.makedirs(tables_dir, exist_ok=True)
@@ -503,11 +633,14 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None, results_md
     preamble = header_lines(results_dir, records, skipped, stale, unverified, histories,
                             keep_stale)
     tables, mixed, aggs = [], [], defaultdict(dict)
-    for kind in ("worst", "pgd", "autoattack", "spsa", "noise"):
-        tables += [f"## {TITLES[kind]}", ""] + ([WORST_NOTE, ""] if kind == "worst" else [])
+    for kind in ("worst", "pgd", "autoattack", "smooth", "sap", "transfer", "spsa", "noise"):
+        cells = records + worst + aa + smooth
+        if not any(table_kind(r) == kind for r in cells):
+            continue                     # an attack this results folder never ran
+        tables += [f"## {TITLES[kind]}", ""] + ([WORST_NOTE, ""] if kind == "worst" else []) \
+            + ([SMOOTH_NOTE, ""] if kind == "smooth" else [])
         for arch in ARCHS:
-            tables += table_section(kind, arch, records + worst + aa, tables_dir, fig_dir, aggs,
-                                    mixed)
+            tables += table_section(kind, arch, cells, tables_dir, fig_dir, aggs, mixed)
     if mixed:
         print("WARNING: results of one model come from different checkpoints: " + "; ".join(mixed))
         tables += ["**Warning**: rows whose cells come from different checkpoints (re-run the "
@@ -517,7 +650,9 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None, results_md
     tables += [f"Not drawn: {why}.", ""] if why else ["![example beats](figures/example_beats.png)", ""]
     tables.append("The checkpoint column names the sha256 prefix of the checkpoint every "
                   "number of that row came from (recorded in each result JSON).\n")
-    tables = headline_section(aggs, tables_dir, fig_dir) + tables + check_lines(records, worst)
+    tables = (headline_section(aggs, tables_dir, fig_dir)
+              + view_section(records + worst + smooth, tables_dir)
+              + surface_section(results_dir, fig_dir) + tables + check_lines(records, worst))
     report = preamble + training_section(histories) + tables
     report += ["", "## Attack subsets against the paper's protocol", ""] + subset_lines(records)
     report += ["", "## Settings behind the numbers", ""] + settings_lines(records) + [""]

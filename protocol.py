@@ -52,7 +52,11 @@ PRESETS = {
                              "per_attack": {"fab-t": {"max_samples": 25, "eps": [0.03, 0.1]}}},
               "square": {"n_queries": 300, "max_samples": 25, "eps": [0.03, 0.1],
                          "seeds": "all"},
-              "noise": {"max_samples": 200}},
+              "noise": {"max_samples": 200},
+              "sap": {"variants": ["han", "strong"], "steps": 40, "init_steps": 20,
+                      "strong_steps": 40, "eps": [0.03, 0.1], "seeds": "all"},
+              "transfer": {"source": "ce", "steps": 10, "eps": [0.03, 0.1], "seeds": "all"},
+              "surface": {"methods": ["ce", "nsr"], "seeds": "all"}},
     "paper": {"results": "results/paper", "results_md": "RESULTS.md", "models": PAPER_MODELS,
               "epochs": 50,
               "max_train_samples": None,
@@ -68,7 +72,14 @@ PRESETS = {
                              "shards": 2},
               "square": {"n_queries": 5000, "max_samples": {"mlp": 1000, "cnn": 500},
                          "eps": None, "seeds": "all", "shards": 2},
-              "noise": {"max_samples": None}},
+              "noise": {"max_samples": None},
+              # issue 25: the smooth threat model (Han et al. 2020) and the transfer attack
+              # from the CE model of the same arch and seed, on the AutoAttack beats at every
+              # eps of the ensemble; the loss surface of CE and NSR
+              "sap": {"variants": ["han", "strong"], "steps": 40, "init_steps": 20,
+                      "strong_steps": 100, "eps": None, "seeds": "all"},
+              "transfer": {"source": "ce", "steps": 100, "eps": None, "seeds": "all"},
+              "surface": {"methods": ["ce", "nsr"], "seeds": "all"}},
 }
 
 

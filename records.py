@@ -69,6 +69,13 @@ def vouch(records, ckpt_dir, keep_stale=False):
         elif data is not None and data != canonical_data_sha256(r["data_sha256"]):
             why = (f"made on data {r['data_sha256'][:12]}, but {path} was trained on "
                    f"{data[:12]}")
+        elif r["settings"].get("source_sha256"):         # a transfer attack's source model
+            src = os.path.join(ckpt_dir, f"{r['settings'].get('source')}_best.pt")
+            if src not in ids:
+                ids[src] = checkpoint_identity(src)
+            if ids[src][2] is None and ids[src][0] != r["settings"]["source_sha256"]:
+                why = (f"its beats were crafted on {r['settings']['source_sha256'][:12]}, but "
+                       f"the source {src} is now {ids[src][0][:12]} (re-run the attack)")
         if why is None:
             kept.append(r)
             continue
@@ -99,3 +106,25 @@ def load_histories(ckpt_dir):
                      "samples_per_epoch": h[-1].get("samples"),
                      "train_s": sum(r.get("seconds", 0) for r in h)})
     return rows
+
+
+def load_surfaces(results_dir):
+    """surface.py's files under results_dir/surface whose checkpoint is the one on disk now:
+    (surfaces, [(path, why)] left out)."""
+    import json
+    kept, stale = [], []
+    for path in sorted(glob.glob(os.path.join(results_dir, "surface", "*.json"))):
+        try:
+            with open(path) as f:
+                s = json.load(f)
+            ckpt = os.path.join(results_dir, "checkpoints", os.path.basename(s["checkpoint"]))
+            sha, _, why = checkpoint_identity(ckpt)
+            if why is None and sha != s["checkpoint_sha256"]:
+                why = f"made from checkpoint {s['checkpoint_sha256'][:12]}, {ckpt} is now {sha[:12]}"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            why = f"unreadable ({type(e).__name__}: {e})"
+        if why:
+            stale.append((path, why))
+        else:
+            kept.append(s)
+    return kept, stale

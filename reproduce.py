@@ -37,10 +37,13 @@ import torch
 
 import attack_autoattack
 import attack_pgd
+import attack_sap
 import attack_spsa
+import attack_transfer
 import evaluate
 import preprocess
 import protocol
+import surface
 import train_baseline
 import train_nsr
 import training
@@ -49,7 +52,8 @@ from utils import (HelpFormatter, arg_number, get_device, hold_folder, release_f
 
 BENCH_TRAIN = "results/bench/train.json"
 DEFAULT_EPS = {"attack_pgd": attack_pgd.EPS_LIST, "attack_pgd-noise": attack_pgd.NOISE_EPS_LIST,
-               "attack_spsa": attack_spsa.EPS_LIST, "attack_autoattack": attack_autoattack.EPS_LIST}
+               "attack_spsa": attack_spsa.EPS_LIST, "attack_autoattack": attack_autoattack.EPS_LIST,
+               "attack_sap": attack_sap.EPS_LIST, "attack_transfer": attack_transfer.EPS_LIST}
 BENCH_ATTACK = "results/bench/attack_{arch}.json"
 
 # the presets (models, budgets, subsets) are protocol.py's data
@@ -65,7 +69,8 @@ def make_config(arch, method, **overrides):
     return TRAINERS[method].make_config(arch, method, **overrides)
 
 
-ATTACK_KINDS = ["pgd", "noise", "checks", "autoattack", "square", "spsa"]
+ATTACK_KINDS = ["pgd", "noise", "checks", "autoattack", "square", "spsa", "sap", "transfer",
+                "surface"]
 
 
 def attack_tasks(preset, cfg, target, kinds=ATTACK_KINDS):
@@ -76,6 +81,9 @@ def attack_tasks(preset, cfg, target, kinds=ATTACK_KINDS):
     out = []
     for kind, label, fn, argv, k in attack_runs(preset, cfg, target):
         if kind not in kinds:
+            continue
+        if kind == "surface":                # one task per model, no eps
+            out.append((label, fn, argv))
             continue
         for lab, arg in per_eps(label, fn, argv):
             out += [(lab, fn, arg)] if k == 1 else [
@@ -135,7 +143,47 @@ def attack_runs(preset, cfg, target):
                                            "--eps", "1.0"], 1))
     tasks.append(("noise", f"noise {name}", attack_pgd.main,
                   target + n(preset["noise"]["max_samples"]) + ["--noise"], 1))
+    return tasks + extra_runs(preset, cfg, target, n, eps, on_seed)
+
+
+def extra_runs(preset, cfg, target, n, eps, on_seed):
+    """The smooth attacks (SAP, both variants), the transfer attack from the CE model of the same
+    arch and seed, and the loss surface (issue 25), on the AutoAttack ensemble's beats."""
+    name, aa = cfg["name"], preset["autoattack"]
+    sap, tr, surf = preset.get("sap"), preset.get("transfer"), preset.get("surface")
+    tasks = []
+    if sap and on_seed(sap):
+        for variant in sap["variants"]:
+            budget = ["--steps", str(sap["steps"]), "--init-steps", str(sap["init_steps"])]
+            if variant == "strong":
+                budget += ["--strong-steps", str(sap["strong_steps"])]
+            tasks.append(("sap", f"SAP {variant} {name}", attack_sap.main,
+                          target + n(aa["max_samples"]) + ["--variant", variant] + budget
+                          + eps(sap.get("eps")), 1))
+    source = transfer_source(tr, cfg) if tr and on_seed(tr) else None
+    if source:
+        tasks.append(("transfer", f"transfer {name}", attack_transfer.main,
+                      target + n(aa["max_samples"]) + ["--source", source, "--steps",
+                                                       str(tr["steps"])] + eps(tr.get("eps")), 1))
+    if surf and cfg.get("method") in surf["methods"] and on_seed(surf):
+        i = target.index("--out-dir") + 1
+        out = target[:i] + [os.path.join(os.path.dirname(target[i]), "surface")] + target[i + 1:]
+        tasks.append(("surface", f"loss surface {name}", surface.main, out, 1))
     return tasks
+
+
+def transfer_source(part, cfg):
+    """The checkpoint a transfer attack on cfg's model crafts its beats on: the preset's
+    "source_checkpoint", else the best checkpoint of the source method's run of the same arch,
+    seed and budget; None for that run itself."""
+    if part.get("source_checkpoint"):
+        return part["source_checkpoint"]
+    if cfg.get("method") in (None, part["source"]):
+        return None
+    src = make_config(cfg["arch"], part["source"], seed=cfg["seed"], epochs=cfg["epochs"],
+                      max_train_samples=cfg["max_train_samples"], out_dir=cfg["out_dir"],
+                      data_dir=cfg["data_dir"], sample=cfg["sample"], device=cfg["device"])
+    return training.checkpoint_paths(src)[1]
 
 
 def per_eps(label, fn, argv):
@@ -277,7 +325,18 @@ def estimate_attack_minutes(preset, n_test, arch, seeds):
         * aa["steps"] / 100 * sum(r["autoattack"][a] for a in aa["attacks"]),
         "Square": runs(sq) * len(per_arch(sq["eps"], arch) or attack_autoattack.EPS_LIST)
         * beats(sq["max_samples"]) * sq["n_queries"] / r["forward"]}
-    return {k: len(preset["models"]) * v / 60 for k, v in seconds.items()}
+    sap, tr = preset.get("sap"), preset.get("transfer")
+    if sap:        # gradient steps through the smoothing cost about what PGD's do
+        per_beat = sum(sap["init_steps"] + sap["steps"] + (4 * sap["strong_steps"]
+                                                           if v == "strong" else 0)
+                       for v in sap["variants"])
+        seconds["SAP"] = runs(sap) * len(per_arch(sap["eps"], arch) or attack_sap.EPS_LIST) \
+            * beats(aa["max_samples"]) * per_beat / 100 / r["pgd"]
+    out = {k: len(preset["models"]) * v / 60 for k, v in seconds.items()}
+    if tr:         # crafted once per seed on the source model (evaluating is a forward pass)
+        out["transfer"] = runs(tr) * len(per_arch(tr["eps"], arch) or attack_transfer.EPS_LIST) \
+            * beats(aa["max_samples"]) * tr["steps"] / 100 * r["autoattack"]["apgd-t"] / 60
+    return out
 
 
 # The GPU estimate, not measured (no GPU was lent to this project): eager PyTorch costs about
@@ -472,7 +531,8 @@ def train_estimate_s(cfg, per_epoch):
     return cfg["epochs"] * per_epoch / throughputs()[(cfg["arch"], cfg["method"])]
 
 
-ATTACK_COST = {"attack_pgd": 1, "attack_spsa": 20, "attack_autoattack": 10}
+ATTACK_COST = {"attack_pgd": 1, "attack_spsa": 20, "attack_autoattack": 10, "attack_sap": 3,
+               "attack_transfer": 3, "surface": 1}
 
 
 def attack_estimate(task):
@@ -708,19 +768,31 @@ def train_queue(cfgs, per_epoch):
 
 
 def attack_queue(args, preset, cfgs, results, device, data_flags):
-    """(tasks, model of each task): one per (model, attack, eps), dearest first."""
-    tasks, model_of = [], {}
+    """(tasks, the runs each task needs trained): one per (model, attack, eps), dearest first.
+    A transfer attack also needs its source model; one whose source this command neither
+    trains nor finds trained is left out, named."""
+    tasks, needs = [], {}
+    by_best = {training.checkpoint_paths(c)[1]: c for c in cfgs}
+    training_here = "train" in args.phases
     for cfg in cfgs:
-        if "train" not in args.phases and not finished(cfg):
+        if not training_here and not finished(cfg):
             # e.g. attacking seed 0 while another command still trains it: a later run does it
             print(f"=== attacks on {cfg['name']}: its training has not finished, skipped")
             continue
         target = ["--checkpoint", training.checkpoint_paths(cfg)[1], "--device",
                   device, "--out-dir", os.path.join(results, "attacks"), *data_flags]
         for task in attack_tasks(preset, cfg, target, args.attacks):
+            need = [cfg]
+            if "--source" in task[2]:
+                src = task[2][task[2].index("--source") + 1]
+                if src in by_best and (training_here or finished(by_best[src])):
+                    need.append(by_best[src])
+                elif not os.path.exists(src):
+                    print(f"=== {task[0]}: its source {src} is not trained, skipped")
+                    continue
             tasks.append(task)
-            model_of[task[0]] = cfg
-    return sorted(tasks, key=lambda t: -attack_estimate(t)), model_of
+            needs[task[0]] = need
+    return sorted(tasks, key=lambda t: -attack_estimate(t)), needs
 
 
 def run_preset(args, preset, results, workers, device, t_start):
@@ -740,13 +812,13 @@ def run_preset(args, preset, results, workers, device, t_start):
         workers.close()
         return 0
     trains = train_queue(cfgs, per_epoch)
-    attacks, model_of = attack_queue(args, preset, cfgs, results, device, data_flags)
+    attacks, needs = attack_queue(args, preset, cfgs, results, device, data_flags)
     # one queue: under torchrun a worker done training attacks the models trained so far
     # while the others still train (no barrier between the phases); an attack waits for its model
     queue = ((trains if "train" in args.phases else [])
              + (attacks if "attack" in args.phases else []))
     workers.run("train+attack", queue,
-                ready=lambda t: t[0] not in model_of or finished(model_of[t[0]]))
+                ready=lambda t: all(finished(c) for c in needs.get(t[0], [])))
     if "evaluate" in args.phases and workers.rank == 0:
         # the preset's own folder also writes its RESULTS.md (the paper's, at the root)
         md = preset.get("results_md") if not args.results_dir else None
