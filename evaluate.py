@@ -50,6 +50,7 @@ EXAMPLE_EPS = 0.03     # the clean-vs-adversarial beat figure
 HEADLINE_EPS = (0.03, 0.1)  # the headline table: paper PGD next to the worst case at these eps
 HEADLINE_OTHERS = 2    # ... for CE, NSR and this many best other methods (worst case, 1st eps)
 VIEW_EPS = (0.03, 0.1)  # "how each attack sees each model" at these eps
+OPTIONAL_KINDS = ("smooth", "sap", "transfer")   # tables left out where no result has them
 
 
 def table_markdown(agg, title):
@@ -635,8 +636,8 @@ def evaluate(results_dir=RESULTS_DIR, keep_stale=False, out_dir=None, results_md
     tables, mixed, aggs = [], [], defaultdict(dict)
     for kind in ("worst", "pgd", "autoattack", "smooth", "sap", "transfer", "spsa", "noise"):
         cells = records + worst + aa + smooth
-        if not any(table_kind(r) == kind for r in cells):
-            continue                     # an attack this results folder never ran
+        if kind in OPTIONAL_KINDS and not any(table_kind(r) == kind for r in cells):
+            continue                     # an attack added later (issue 25) this folder never ran
         tables += [f"## {TITLES[kind]}", ""] + ([WORST_NOTE, ""] if kind == "worst" else []) \
             + ([SMOOTH_NOTE, ""] if kind == "smooth" else [])
         for arch in ARCHS:

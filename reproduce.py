@@ -166,8 +166,10 @@ def extra_runs(preset, cfg, target, n, eps, on_seed):
                       target + n(aa["max_samples"]) + ["--source", source, "--steps",
                                                        str(tr["steps"])] + eps(tr.get("eps")), 1))
     if surf and cfg.get("method") in surf["methods"] and on_seed(surf):
-        i = target.index("--out-dir") + 1
-        out = target[:i] + [os.path.join(os.path.dirname(target[i]), "surface")] + target[i + 1:]
+        out = list(target)               # beside the attack results: {results}/surface
+        if "--out-dir" in out:
+            i = out.index("--out-dir") + 1
+            out[i] = os.path.join(os.path.dirname(out[i]), "surface")
         tasks.append(("surface", f"loss surface {name}", surface.main, out, 1))
     return tasks
 

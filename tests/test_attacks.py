@@ -1,7 +1,9 @@
 """attack_pgd.py and attack_spsa.py: budgets, untouched misclassified samples, determinism,
 behaviour on a model trained on real beats, and equality with naive reference loops."""
+import contextlib
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import attack_spsa
 import oracles
 from models import build_model, save_checkpoint
 from preprocess import balanced_epoch_indices, balanced_subset
+from utils import sha256_file
 
 
 def random_model(arch="mlp", seed=0):
@@ -538,3 +541,124 @@ def test_sap_cli_writes_results_and_refuses_bad_input(checkpoint, sample_dir, tm
 def checkpoint_model(path):
     from models import load_checkpoint
     return load_checkpoint(path)[0]
+
+
+# --- the transfer attack (issue 25)
+def perturbed_copy(model, scale=0.02, seed=3):
+    """Another model that still classifies most beats right: the source's weights plus noise."""
+    import copy
+    other = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g) * p.abs().mean())
+    return other.eval()
+
+
+def test_transfer_equals_a_literal_per_beat_transcription(trained):
+    """x_adv for the target is, beat by beat, the source's APGD-T beat (torchattacks called
+    directly on the source) where the target classifies the clean beat right, else the clean
+    beat; the target's own gradients play no part."""
+    import torchattacks
+    import attack_autoattack
+    import attack_transfer
+    source, x, y = trained
+    target = perturbed_copy(source)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    eps = 0.05
+    crafted = attack_autoattack.autoattack(source, x, y, "apgd-t", eps, steps=10)
+    ours = attack_transfer.transfer_attack(target, x, y, crafted)
+    ok_src = (attack_pgd.predict(source, x) == y).nonzero().flatten()
+    direct = torchattacks.APGDT(attack_autoattack.BeatAsImage(source), norm="Linf", eps=eps,
+                                steps=10, n_restarts=1, seed=0, n_classes=5)
+    adv_src = x.clone()
+    adv_src[ok_src] = direct(x[ok_src].reshape(-1, 1, 1, 187), y[ok_src]).reshape(-1, 187)
+    for i in range(len(y)):
+        right = target(x[i:i + 1]).argmax(1).item() == y[i].item()
+        assert torch.equal(ours[i], adv_src[i] if right else x[i]), i
+    fooled = (attack_pgd.predict(target, ours) != y) & (attack_pgd.predict(target, x) == y)
+    assert fooled.sum() > 0 and (ours - x).abs().max() <= eps + 1e-6
+
+
+def test_transfer_cli_source_cache_staleness_and_bad_input(trained, checkpoint, sample_dir,
+                                                           tmp_path, capsys, monkeypatch):
+    import attack_autoattack
+    import attack_transfer
+    source_model, _, _ = trained
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    target = str(ck / "mlp_nsr_0.4_s0_best.pt")
+    save_checkpoint(target, perturbed_copy(source_model), None, 3,
+                    {"method": "nsr", "arch": "mlp", "name": "mlp_nsr_0.4_s0", "seed": 0}, [])
+    src = str(ck / "mlp_ce_s0_best.pt")
+    shutil.copy(checkpoint, src)
+    out = tmp_path / "attacks"
+    argv = ["--checkpoint", target, "--sample", "--data-dir", sample_dir, "--eps", "0.1",
+            "--steps", "5", "--max-samples", "25", "--out-dir", str(out), "--device", "cpu"]
+    assert attack_transfer.main(argv) == 0          # default source: mlp_ce_s0 beside it
+    (f,) = [p for p in os.listdir(out) if p.endswith(".json")]
+    r = json.load(open(out / f))
+    assert r["attack"] == "transfer" and r["settings"]["source"] == "mlp_ce"
+    assert r["settings"]["source_sha256"] == sha256_file(src) and len(r["labels"]) == 25
+    assert r["max_linf"] <= 0.1 + 1e-6 and r["in_range"]
+    assert os.listdir(out / ".transfer")             # the crafted beats, kept for other targets
+    # another target of the same source reuses them: APGD-T does not run again
+    calls = []
+    monkeypatch.setattr(attack_autoattack, "autoattack", lambda *a, **k: calls.append(1))
+    assert attack_transfer.main(argv + ["--force"]) == 0 and not calls
+    monkeypatch.undo()
+    # a retrained source makes the result stale: recomputed, with the new sha256
+    save_checkpoint(src, perturbed_copy(source_model, seed=9), None, 3,
+                    {"method": "ce", "arch": "mlp", "name": "mlp_ce", "seed": 0}, [])
+    capsys.readouterr()
+    assert attack_transfer.main(argv) == 0
+    assert "recomputing" in capsys.readouterr().out
+    assert json.load(open(out / f))["settings"]["source_sha256"] == sha256_file(src)
+    for bad, words in ((["--source", str(ck / "missing.pt")], "--source"),
+                       (["--steps", "0"], "--steps"), (["--eps", "2"], "--eps")):
+        with pytest.raises(SystemExit) if bad[0] != "--source" else contextlib.nullcontext() as e:
+            rc = attack_transfer.main(argv + bad)
+        assert (e.value.code if bad[0] != "--source" else rc) == 2
+        assert words in capsys.readouterr().err
+
+
+# --- the loss surface (issue 25)
+def test_loss_surface_follows_its_directions(trained):
+    """At t = 0 every direction starts at the clean margin; along the CE-gradient sign a CE
+    model's CE loss rises and its margin falls; the APGD-T line ends at APGD-T's beat (its
+    margin there is the model's margin on that beat); the random direction is seeded."""
+    import attack_autoattack
+    import surface
+    model, x, y = trained
+    x, y = x[:20], y[:20]
+    ts, curves = surface.loss_surface(model, x, y, eps_max=0.1, points=11)
+    clean = surface.margin_of(model(x), y).detach()
+    for d in surface.DIRECTIONS:
+        assert torch.allclose(torch.tensor(curves[d]["margin"])[:, 0], clean, atol=1e-5), d
+    loss = torch.tensor(curves["gradient sign"]["loss"])
+    margin = torch.tensor(curves["gradient sign"]["margin"])
+    assert (loss[:, -1] > loss[:, 0]).float().mean() > 0.9
+    assert (margin[:, -1] < margin[:, 0]).float().mean() > 0.9
+    x_apgd = attack_autoattack.autoattack(model, x, y, "apgd-t", 0.1)
+    end = surface.margin_of(model(x_apgd), y).detach()
+    assert torch.allclose(torch.tensor(curves["APGD-T"]["margin"])[:, -1], end, atol=1e-4)
+    assert surface.loss_surface(model, x, y, 0.1, 11)[1]["random sign"] == curves["random sign"]
+
+
+def test_surface_cli_writes_skips_and_refuses_bad_input(checkpoint, sample_dir, tmp_path, capsys):
+    import surface
+    out = tmp_path / "surface"
+    argv = ["--checkpoint", checkpoint, "--sample", "--data-dir", sample_dir, "--out-dir",
+            str(out), "--device", "cpu", "--grad-per-class", "10", "--points", "5"]
+    assert surface.main(argv) == 0
+    r = json.load(open(out / "mlp_ce.json"))
+    assert r["checkpoint_sha256"] == sha256_file(checkpoint) and len(r["grad_l1"]) == 50
+    assert len(r["eps"]) == 5 and len(r["directions"]["random sign"]["margin"]) == 15
+    assert surface.main(argv) == 0 and "up to date" in capsys.readouterr().out
+    for bad, flag in ((["--points", "1"], "--points"), (["--eps-max", "0"], "--eps-max")):
+        with pytest.raises(SystemExit) as e:
+            surface.main(argv + bad)
+        assert e.value.code == 2 and flag in capsys.readouterr().err
+    assert surface.main(argv[:2] + ["--data-dir", str(tmp_path / "none"), "--out-dir",
+                                    str(out)]) == 2

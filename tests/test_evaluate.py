@@ -495,3 +495,42 @@ def test_check3_flags_square_beating_the_papers_pgd():
                                 "0.750 on 20 beats" in detail
     other = dict(strong, checkpoint_sha256="12" * 32)
     assert checks.check_blackbox_vs_pgd([pgd, other])[0] == "not run"
+
+
+def test_check3_flags_a_transfer_attack_and_check1_ignores_its_eps_order():
+    """A transfer attack beating the paper's PGD FAILs check 3 (it never used the model's
+    gradients); check 1 does not ask it to fall with eps (its beats are crafted on another
+    model), while SAP, which optimises on the model, is held to it."""
+    pgd = result("cnn_nsr_0.3", "nsr", "pgd-paper", 0.03, 15)
+    tr = {"source": "cnn_ce", "source_sha256": "ab" * 32, "source_attack": "apgd-t"}
+    transfer = result("cnn_nsr_0.3", "nsr", "transfer", 0.03, 9, settings=tr)
+    status, detail = checks.check_blackbox_vs_pgd([pgd, transfer])
+    assert status == "FAIL" and "transfer 0.450" in detail
+    up = [transfer, result("cnn_nsr_0.3", "nsr", "transfer", 0.1, 12, settings=tr)]
+    assert checks.check_monotone_eps(up)[0] == "not run"
+    sap = [result("cnn_nsr_0.3", "nsr", "sap-han", e, c, settings={"variant": "han"})
+           for e, c in ((0.03, 9), (0.1, 12))]
+    assert checks.check_monotone_eps(sap)[0] == "FAIL"
+
+
+def test_smooth_worst_case_and_how_each_attack_sees_each_model(tmp_path):
+    """The report's smooth threat model (worst case over the SAP variants alone) and the table
+    of every attack on the worst case's beats, naming the attacks that beat the paper's PGD."""
+    clean_set(tmp_path)
+    a = os.path.join(tmp_path, "attacks")
+    for m, method in (("cnn_ce", "ce"), ("cnn_nsr_0.3", "nsr")):
+        for eps, han, strong in ((0.03, 17, 14), (0.1, 12, 8)):
+            write(a, f"{m}__sap-han__eps{eps}.json", result(m, method, "sap-han", eps, han,
+                                                             settings={"variant": "han"}))
+            write(a, f"{m}__sap-strong__eps{eps}.json", result(
+                m, method, "sap-strong", eps, strong, settings={"variant": "strong"}))
+    evaluate.evaluate(str(tmp_path))
+    smooth = pd.read_csv(tmp_path / "tables" / "smooth_cnn.csv")
+    assert smooth.set_index("model").loc["cnn_nsr_0.3", "bacc_0.03"] == pytest.approx(0.7)
+    view = pd.read_csv(tmp_path / "tables" / "attack_view_cnn.csv")
+    nsr = view[(view["model"] == "cnn_nsr_0.3") & (view["eps"] == 0.03)].iloc[0]
+    # the paper's PGD leaves 16 of 20, SAP 17, strong SAP 14: only strong SAP beats PGD by > 0.02
+    assert nsr["paper PGD"] == pytest.approx(0.8) and nsr["SAP strong"] == pytest.approx(0.7)
+    assert nsr["beat PGD"] == "SAP strong" and nsr["worst case"] == pytest.approx(0.7)
+    report = open(tmp_path / "report.md").read()
+    assert "## How each attack sees each model" in report and "Smooth threat model" in report

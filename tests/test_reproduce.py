@@ -23,11 +23,15 @@ def test_attack_kinds_filter_and_cover_the_tasks():
     assert sum(lab.startswith("noise") for lab in labels) == 9
     by_kind = {k: paper_tasks([k]) for k in reproduce.ATTACK_KINDS}
     first = {"pgd": ("PGD mlp",), "noise": ("noise",), "autoattack": ("AutoAttack",),
-             "square": ("Square",), "spsa": ("SPSA",),
+             "square": ("Square",), "spsa": ("SPSA",), "sap": ("SAP han", "SAP strong"),
+             "surface": ("loss surface",),
              "checks": ("PGD on the check", "PGD fewer", "PGD eps 1", "sign PGD")}
     assert all(t[0].startswith(first[k]) for k, ts in by_kind.items() for t in ts)
     assert sorted(t[0] for ts in by_kind.values() for t in ts) == sorted(labels)
-    assert all(by_kind[k] for k in reproduce.ATTACK_KINDS)
+    # the CE model is the transfer attack's source: no transfer onto itself
+    assert all(by_kind[k] for k in reproduce.ATTACK_KINDS if k != "transfer")
+    assert not by_kind["transfer"]
+    assert sum(lab.startswith("SAP") for lab in labels) == 2 * 6
     assert {t[0] for t in paper_tasks(["pgd", "noise"])} == \
         {t[0] for t in by_kind["pgd"] + by_kind["noise"]}
     # SPSA runs on seed 0 only, AutoAttack and Square on every seed
@@ -39,7 +43,8 @@ def test_plan_estimate_grows_with_the_work():
     preset = reproduce.PRESETS["paper"]
     one = reproduce.estimate_attack_minutes(preset, 21890, "mlp", [0])
     three = reproduce.estimate_attack_minutes(preset, 21890, "mlp", [0, 1, 2])
-    assert set(one) == {"PGD", "SPSA", "AutoAttack", "Square"} and all(v > 0 for v in one.values())
+    assert set(one) == {"PGD", "SPSA", "AutoAttack", "Square", "SAP", "transfer"} \
+        and all(v > 0 for v in one.values())
     assert three["PGD"] == pytest.approx(3 * one["PGD"]) and three["SPSA"] == one["SPSA"]   # SPSA: seed 0
     assert three["AutoAttack"] == pytest.approx(3 * one["AutoAttack"])
     cnn = reproduce.estimate_attack_minutes(preset, 21890, "cnn", [0])
@@ -267,3 +272,24 @@ def test_the_demo_runs_every_attack_the_paper_preset_runs():
     paper, quick = kinds("paper"), kinds("quick")
     assert {a for _, a, _, _, _ in paper} >= {"apgd-ce", "apgd-t", "fab-t", "square"}
     assert paper <= quick, paper - quick
+
+
+def test_transfer_attacks_come_from_the_ce_model_of_the_same_seed_and_wait_for_it(tmp_path):
+    """Every model but CE gets a transfer task whose source is the CE run of its arch, seed and
+    budget; the queue makes it wait for that run's training too; an NSR model gets the loss
+    surface, an adv model does not."""
+    cfg = reproduce.make_config("cnn", "nsr", seed=2, epochs=50, out_dir=str(tmp_path))
+    tasks = reproduce.attack_tasks(reproduce.PRESETS["paper"], cfg, TARGET, ["transfer", "surface"])
+    tr = [t for t in tasks if t[0].startswith("transfer")]
+    assert len(tr) == 6 and all(t[2][t[2].index("--source") + 1]
+                                == str(tmp_path / "cnn_ce_s2_best.pt") for t in tr)
+    assert [t[0] for t in tasks if t[0].startswith("loss surface")] == ["loss surface cnn_nsr_0.3_s2"]
+    adv = reproduce.make_config("cnn", "adv", seed=2, epochs=50, adv_eps=0.2)
+    assert not reproduce.attack_tasks(reproduce.PRESETS["paper"], adv, TARGET, ["surface"])
+    args = reproduce.build_parser().parse_args(["paper", "--archs", "cnn", "--methods", "ce", "nsr",
+                                                "--attacks", "transfer"])
+    cfgs = reproduce.train_configs(reproduce.preset_from_args(args), ["cnn"], [0], "cpu", "ecg",
+                                   False, str(tmp_path))
+    queue, needs = reproduce.attack_queue(args, reproduce.preset_from_args(args), cfgs,
+                                          str(tmp_path), "cpu", [])
+    assert queue and all([c["method"] for c in needs[t[0]]] == ["nsr", "ce"] for t in queue)
