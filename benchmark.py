@@ -59,6 +59,7 @@ QUICK = {"pgd": {"max_samples": 250}, "pgd_check": {"max_samples": 250},
          "square": {"max_samples": 250, "n_queries": 1000, "eps": [0.01, 0.03, 0.05, 0.1]},
          "noise": {"max_samples": 250},
          "spsa": {"per_class": 10, "n_dirs": 256, "eps": [0.03, 0.1], "shards": 1}}
+TRANSFER_SOURCE = os.path.join(COMPARE_DIR, "checkpoints", f"{BUDGET_ARCH}_ce_s0_best.pt")
 CHECK_BATCH = 64                   # beats the model checks run on
 PROB_TOL = 1e-4                    # rows of non-negative outputs summing to 1 within this
 RAND_TOL = 1e-5                    # two calls in eval mode may differ by this (relative)
@@ -159,8 +160,17 @@ def suite(args):
     if args.quick:
         for section, values in QUICK.items():
             preset[section].update(values)
-    for part in ("spsa", "autoattack", "square"):
+    for part in ("spsa", "autoattack", "square", "sap", "transfer"):
         preset[part]["seeds"] = "all"          # the benchmarked model is one "seed"
+    # transfer: beats crafted on the committed CE model of the rows' arch, seed 0
+    preset["transfer"]["source_checkpoint"] = TRANSFER_SOURCE
+    if not os.path.exists(TRANSFER_SOURCE):
+        print(f"note: no transfer attack: its source {TRANSFER_SOURCE} is not on disk")
+        del preset["transfer"]
+    if args.quick:
+        for part in ("sap", "transfer"):
+            if part in preset:
+                preset[part]["eps"] = QUICK["autoattack"]["eps"]
     return reproduce.preset_from_args(args, preset)
 
 
@@ -221,6 +231,18 @@ def estimate_s(model, x, y, preset, kinds, steps=CALIBRATE_STEPS):
         s["square"] = timed(lambda: attack_autoattack.autoattack(
             model, xq, yq, "square", 0.03, n_queries=5 * steps)) / (5 * steps) \
             * sq["n_queries"] * sq_eps
+    sap, tr = preset.get("sap"), preset.get("transfer")
+    if "sap" in kinds and sap:       # a step through the smoothing costs about a PGD step
+        n_sap = len(on(pa(aa["max_samples"]))[1])
+        steps_sap = sum(sap["init_steps"] + sap["steps"]
+                        + (4 * sap["strong_steps"] if v == "strong" else 0) for v in sap["variants"])
+        s["sap"] = per_beat_step * n_sap * steps_sap * len(
+            pa(sap["eps"]) or reproduce.DEFAULT_EPS["attack_sap"])
+    if "transfer" in kinds and tr:   # APGD-T on the source, of about the model's cost here
+        xa, ya = on(pa(aa["max_samples"]))
+        s["transfer"] = timed(lambda: attack_autoattack.autoattack(
+            model, xa, ya, "apgd-t", 0.03, steps=steps)) / steps * tr["steps"] * len(
+            pa(tr["eps"]) or reproduce.DEFAULT_EPS["attack_transfer"])
     if "spsa" in kinds:
         xs, ys = on(5)
         n_spsa = len(balanced_subset(y_np, pa(sp["per_class"])))

@@ -591,7 +591,9 @@ def add_override_args(p, training=True):
                        ("--spsa-steps", "SPSA iterations"), ("--spsa-dirs", "SPSA directions"),
                        ("--spsa-per-class", "SPSA beats per class"),
                        ("--aa-samples", "beats for AutoAttack and Square"),
-                       ("--aa-steps", "APGD/FAB iterations"), ("--square-queries", "Square queries")):
+                       ("--aa-steps", "APGD/FAB iterations (and the transfer attack's APGD-T)"),
+                       ("--square-queries", "Square queries"),
+                       ("--sap-steps", "SAP's steps, its initialisation's and strong SAP's per target")):
         p.add_argument(flag, type=positive, default=None, help=what)
 
 
@@ -617,6 +619,11 @@ def preset_from_args(args, preset=None):
         preset["square"]["max_samples"] = min(args.pgd_samples, 25)
     if args.aa_samples is not None:
         preset["autoattack"]["max_samples"] = preset["square"]["max_samples"] = args.aa_samples
+    if args.aa_steps is not None and preset.get("transfer"):
+        preset["transfer"]["steps"] = args.aa_steps
+    if getattr(args, "sap_steps", None) is not None and preset.get("sap"):
+        preset["sap"].update(steps=args.sap_steps, init_steps=args.sap_steps,
+                             strong_steps=args.sap_steps)
     return preset
 
 

@@ -16,7 +16,8 @@ from conftest import ROOT
 
 MODELS = os.path.join(ROOT, "tests", "bench_models.py")
 TINY = ["--quick", "--pgd-steps", "5", "--aa-steps", "3", "--square-queries", "20",
-        "--spsa-steps", "2", "--spsa-dirs", "8", "--spsa-per-class", "2", "--device", "cpu"]
+        "--spsa-steps", "2", "--spsa-dirs", "8", "--spsa-per-class", "2", "--sap-steps", "2",
+        "--device", "cpu"]
 
 
 def load(fn):

@@ -201,10 +201,15 @@ def test_quick_preset_end_to_end_tiny(sample_dir, tmp_path):
     argv = ["quick", "--device", "cpu", "--data-dir", str(data_dir), "--results-dir", str(res),
             "--epochs", "1", "--max-train-samples", "256", "--pgd-steps", "3",
             "--pgd-samples", "25", "--spsa-steps", "2", "--spsa-dirs", "8", "--aa-steps", "2",
-            "--square-queries", "10"]
+            "--square-queries", "10", "--sap-steps", "2"]
     assert reproduce.main(argv) == 0
     report = (res / "report.md").read_text()
     assert "White-box PGD" in report and "Sanity checks" in report and "- **" in report
+    # issue 25: the smooth threat model, the transfer attack, the per-attack view, the surface
+    for title in ("Smooth threat model", "Transfer: APGD-T", "How each attack sees each model",
+                  "The loss surface"):
+        assert title in report, title
+    assert (res / "figures" / "surface.png").stat().st_size > 0
     assert "9. AutoAttack" in report
     for arch in ("mlp", "cnn"):
         for kind in ("pgd", "spsa", "noise", "autoattack", "worst"):
