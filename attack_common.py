@@ -107,6 +107,22 @@ def result_path(out_dir, name, tag, eps):
     return os.path.join(out_dir, f"{name}__{tag}__eps{eps:g}.json")
 
 
+EXAMPLE_ATTACKS = ("pgd-paper",)   # results that keep one adversarial beat per class
+
+
+def examples(target, x_adv):
+    """The first beat of each class among the target's beats (the same test beats for every
+    model and balanced subset) with its x_adv, for evaluate.py's figure: it draws the beat
+    the result measured, never a rerun."""
+    y = target["y"].cpu().numpy()
+    out = []
+    for c in np.unique(y):
+        k = int(np.flatnonzero(y == c)[0])
+        out.append({"index": int(target["idx"][k]),
+                    "x_adv": np.round(x_adv[k].detach().cpu().double().numpy(), 6).tolist()})
+    return out
+
+
 def attack_record(target, x_adv, attack, settings, wall):
     """METHOD.md 5's metrics for one (model, attack, eps), its provenance, and what evaluate.py needs
     (per-beat labels and predictions for the worst case)."""
@@ -135,6 +151,7 @@ def attack_record(target, x_adv, attack, settings, wall):
         "adv_pred": adv.cpu().numpy().tolist(),
         "wall_s": wall,
         "data": target["data"],
+        **({"examples": examples(target, x_adv)} if attack in EXAMPLE_ATTACKS else {}),
         **run_info(target["device"]),
     }
 

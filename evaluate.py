@@ -29,7 +29,6 @@ from collections import defaultdict
 import matplotlib
 import numpy as np
 import pandas as pd
-import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -43,7 +42,7 @@ from models import CLASS_NAMES  # noqa: E402
 from preprocess import canonical_data_sha256, data_digest, read_cache  # noqa: E402
 from protocol import ARCHS, PRESETS, per_arch  # noqa: E402
 from records import load_histories, load_results, load_surfaces, vouch  # noqa: E402
-from utils import HelpFormatter, atomic_write, git_commit, run_cli, sha256_file  # noqa: E402
+from utils import HelpFormatter, atomic_write, git_commit, run_cli  # noqa: E402
 
 RESULTS_DIR = "results"
 EXAMPLE_EPS = 0.03     # the clean-vs-adversarial beat figure
@@ -250,63 +249,46 @@ def plot_per_class(chosen, arch, path):
 
 
 def plot_example_beats(records, path, eps=EXAMPLE_EPS):
-    """A real beat of each class, clean vs its adversarial version under the paper's PGD at
-    `eps`, for the CE and the NSR CNN (predicted labels in the legend). The attack is re-run on
-    these 5 beats from the checkpoints the results name (their sha256 must still match).
-    Returns None, or why the figure was not drawn."""
-    import attack_pgd
-    from attack_common import predict
-    from models import load_checkpoint
+    """One real test beat of each class, clean and adversarial, for the CE and NSR CNN (seed 0)
+    under the paper's PGD at `eps`: the adversarial beats each result stored (attack_common.
+    examples), with that result's prediction on them; nothing is attacked here. Returns None,
+    or why the figure was not drawn."""
     runs = {}
     for r in records:
         m = r["model_config"].get("method")
-        if (table_kind(r) == "pgd" and r["arch"] == "cnn" and r["eps"] == eps
+        if (table_kind(r) == "pgd" and r["arch"] == "cnn" and r["eps"] == eps and r.get("examples")
                 and m in ("ce", "nsr") and r["model_config"].get("seed", 0) == 0):
             runs[m] = pick([r, runs[m]]) if m in runs else r
     if set(runs) != {"ce", "nsr"}:
-        return f"needs paper-PGD results at eps {eps:g} for the CE and the NSR CNN"
-    models = {}
-    for m, r in runs.items():
-        if not os.path.exists(r["checkpoint"]) or sha256_file(r["checkpoint"]) != r["checkpoint_sha256"]:
-            return f"checkpoint {r['checkpoint']} is missing or changed since its results"
-        models[m] = load_checkpoint(r["checkpoint"])[0]
+        return (f"needs paper-PGD results at eps {eps:g} for the CE and the NSR CNN that store "
+                "their adversarial beats (results written since 2026-12-03)")
     cache_file = (runs["ce"].get("data") or {}).get("cache")
     if not cache_file or not os.path.exists(cache_file):
         return f"data cache {cache_file} not found"
     cache = read_cache(cache_file)
     if data_digest(cache) != canonical_data_sha256(runs["ce"]["data_sha256"]):
         return f"data cache {cache_file} holds other data than the results were made from"
-    x_all, y_all = cache["X_test"], cache["Y_test"]
-    picks = []
-    for c in range(len(CLASS_NAMES)):
-        for i in runs["ce"]["indices"]:
-            if int(y_all[i]) == c and all(int(predict(mo, x_all[i:i + 1])[0]) == c
-                                          for mo in models.values()):
-                picks.append(i)
-                break
-    idx = torch.tensor(picks)
-    x, y = x_all[idx], y_all[idx]
-    adv = {}
-    for m, mo in models.items():
-        s = runs[m]["settings"]
-        xa = attack_pgd.pgd_attack(mo, x, y, eps, s["steps"], s["step_size"], seed=s["seed"])
-        adv[m] = (xa, predict(mo, xa))
+    adv = {m: {e["index"]: np.asarray(e["x_adv"]) for e in r["examples"]} for m, r in runs.items()}
+    pred = {m: dict(zip(r["indices"], r["adv_pred"])) for m, r in runs.items()}
+    clean = {m: dict(zip(r["indices"], r["clean_pred"])) for m, r in runs.items()}
+    picks = sorted(set(adv["ce"]) & set(adv["nsr"]), key=lambda i: int(cache["Y_test"][i]))
     fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.0), dpi=110, sharey=True)
     axes = np.atleast_1d(axes)
-    t = np.arange(x.shape[1]) / 125.0
-    for k, ax in enumerate(axes):
-        name = CLASS_NAMES[int(y[k])]
-        ax.plot(t, x[k].numpy(), color="black", lw=1.6, label=f"clean ({name})")
+    t = np.arange(cache["X_test"].shape[1]) / 125.0
+    for i, ax in zip(picks, axes):
+        name = CLASS_NAMES[int(cache["Y_test"][i])]
+        ax.plot(t, cache["X_test"][i].numpy(), color="black", lw=1.6, label=f"clean ({name})")
         for m, color in (("ce", "tab:blue"), ("nsr", "tab:red")):
-            xa, pred = adv[m]
-            ax.plot(t, xa[k].numpy(), color=color, lw=0.9, alpha=0.85,
-                    label=f"{METHOD_LABEL[m].split(' (')[0]} adv -> {CLASS_NAMES[int(pred[k])]}")
-        ax.set_title(f"class {name} (test beat {picks[k]})", fontsize=9)
+            wrong = " (clean: wrong)" if clean[m][i] != int(cache["Y_test"][i]) else ""
+            ax.plot(t, adv[m][i], color=color, lw=0.9, alpha=0.85,
+                    label=f"{METHOD_LABEL[m].split(' (')[0]} adv -> {CLASS_NAMES[pred[m][i]]}{wrong}")
+        ax.set_title(f"class {name} (test beat {i})", fontsize=9)
         ax.set_xlabel("s")
         ax.legend(fontsize=7, loc="upper right")
     axes[0].set_ylabel("amplitude (scaled to [0, 1])")
-    fig.suptitle(f"Paper's PGD-{runs['ce']['settings']['steps']} at eps {eps:g}: CE vs NSR CNN "
-                 "(arrow: the model's prediction on its adversarial beat)", fontsize=10)
+    fig.suptitle(f"Paper's PGD-{runs['ce']['settings']['steps']} at eps {eps:g}: CE vs NSR CNN, "
+                 "the beats its results stored (arrow: the model's prediction on them)",
+                 fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)

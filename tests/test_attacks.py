@@ -236,6 +236,16 @@ def test_pgd_cli_writes_results(checkpoint, sample_dir, tmp_path):
     assert len(r["adv_pred"]) == len(r["labels"]) == len(r["indices"]) == 50
     assert r["max_linf"] <= 0.1 + 1e-6 and r["in_range"]
     assert r["adversarial"]["balanced_accuracy"] < r["clean"]["balanced_accuracy"]
+    # the paper's PGD keeps the first beat of each class with its x_adv (the report's figure)
+    from preprocess import load_cache
+    cache = load_cache(sample_dir, True)
+    ex = r["examples"]
+    assert [e["index"] for e in ex] == [int(np.flatnonzero(cache["Y_test"].numpy() == c)[0])
+                                        for c in range(5)]
+    for e in ex:
+        d = torch.tensor(e["x_adv"]) - cache["X_test"][e["index"]].double()
+        assert d.abs().max() <= 0.1 + 1e-6
+    assert "examples" not in json.load(open(out / "mlp_ce__noise-n50__eps0.1.json"))
     assert np.array(r["adversarial"]["confusion"]).sum() == 50
     for key in ("seed", "steps", "variant"):
         assert key in r["settings"]
