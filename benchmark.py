@@ -43,11 +43,13 @@ import torch
 
 import reproduce
 from attack_common import predict
+from plan import attack_estimate
 from models import ModelLoadError, N_CLASSES, N_SAMPLES, load_checkpoint, load_user_model
 from utils import (atomic_write, files_sha256, get_device, release_folder, run_cli, run_info,
                    sha256_file)
 from preprocess import (DATA_DIR, DataError, balanced_subset, canonical_data_sha256,
                         classification_metrics, data_sha256, load_cache)
+from workers import Workers, hold_run_folders
 
 OUT_DIR = "results/benchmark"
 COMPARE_DIR = "results/paper"      # the committed rows the leaderboard puts the model beside
@@ -423,7 +425,7 @@ def run(args):
     if why:
         return fail(why)
     name = args.name or default_name(args)
-    workers = reproduce.Workers()
+    workers = Workers()
     try:
         device = get_device(workers.device(args.device))
         cache = load_cache(args.data_dir, args.sample)
@@ -450,7 +452,7 @@ def run(args):
         workers.close()
         return 0
 
-    busy = reproduce.hold_run_folders(workers, [attack_dir])
+    busy = hold_run_folders(workers, [attack_dir])
     if busy:
         workers.close()
         return fail(busy)
@@ -459,7 +461,7 @@ def run(args):
                                    args.attacks)
     t0 = time.perf_counter()
     try:
-        workers.run("benchmark", sorted(tasks, key=lambda t: -reproduce.attack_estimate(t)))
+        workers.run("benchmark", sorted(tasks, key=lambda t: -attack_estimate(t)))
     finally:
         release_folder(attack_dir)
     workers.close()

@@ -24,9 +24,6 @@ training run that was killed continues from its last epoch (--resume), so re-run
 command after an interruption picks up where it stopped.
 """
 import argparse
-import contextlib
-import functools
-import io
 import json
 import os
 import sys
@@ -47,14 +44,14 @@ import surface
 import train_baseline
 import train_nsr
 import training
-from utils import (HelpFormatter, arg_number, get_device, hold_folder, release_folder, run_cli,
-                   share_folders, tune_malloc)
+from plan import GPU_OP_US, GPU_TFLOPS, attack_estimate, print_plan, train_estimate_s
+from training import finished
+from utils import HelpFormatter, arg_number, get_device, release_folder, run_cli, tune_malloc
+from workers import Workers, hold_run_folders, step
 
-BENCH_TRAIN = "results/bench/train.json"
 DEFAULT_EPS = {"attack_pgd": attack_pgd.EPS_LIST, "attack_pgd-noise": attack_pgd.NOISE_EPS_LIST,
                "attack_spsa": attack_spsa.EPS_LIST, "attack_autoattack": attack_autoattack.EPS_LIST,
                "attack_sap": attack_sap.EPS_LIST, "attack_transfer": attack_transfer.EPS_LIST}
-BENCH_ATTACK = "results/bench/attack_{arch}.json"
 
 # the presets (models, budgets, subsets) are protocol.py's data
 PRESETS, PAPER_MODELS, QUICK_MODELS = protocol.PRESETS, protocol.PAPER_MODELS, protocol.QUICK_MODELS
@@ -207,350 +204,12 @@ def per_eps(label, fn, argv):
             for a in attacks for e in eps]
 
 
-# CPU throughputs used when results/bench/train.json is absent (measured on 2 cores)
-DEFAULT_SPS = {("mlp", m): v for m, v in [("ce", 1.3e5), ("mse", 1.5e5), ("mse_margin", 1.2e5),
-               ("jacob", 3.5e4), ("adv", 1.9e4), ("align", 7.7e4), ("nsr", 7.2e4)]}
-DEFAULT_SPS.update({("cnn", m): v for m, v in [("ce", 6.2e3), ("mse", 6.7e3),
-                    ("mse_margin", 6.7e3), ("jacob", 1.0e3), ("adv", 6.8e2), ("align", 3.2e3),
-                    ("nsr", 3.2e3)]})
-
-
-def last_checkpoint(cfg):
-    """cfg's last checkpoint ({"epoch", "history", ...}); None before it starts or when it
-    cannot be read. Loaded once per file version (the plan and both phases ask)."""
-    path = training.checkpoint_paths(cfg)[0]
-    try:
-        return _load_checkpoint(path, os.stat(path).st_mtime_ns)
-    except Exception:
-        return None
-
-
-@functools.lru_cache(maxsize=64)
-def _load_checkpoint(path, mtime_ns):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def finished(cfg):
-    """A run is done when its last checkpoint reached the preset's epochs with cfg's settings
-    (a checkpoint of other settings is never reused: its --resume is refused, naming them)."""
-    ckpt = last_checkpoint(cfg)
-    return ckpt is not None and ckpt.get("epoch", -1) + 1 >= cfg["epochs"] \
-        and not training.setting_changes(ckpt.get("config", {}), cfg)
-
-
 def train_configs(preset, archs, seeds, device, data_dir, sample, ckpt_dir):
     """Every training run of a preset, as make_config builds it."""
     return [make_config(arch, method, seed=seed, epochs=preset["epochs"],
                         max_train_samples=preset["max_train_samples"], device=device,
                         data_dir=data_dir, sample=sample, out_dir=ckpt_dir, **extra)
             for seed in seeds for arch in archs for method, extra in preset["models"]]
-
-
-def throughputs():
-    sps = dict(DEFAULT_SPS)
-    if os.path.exists(BENCH_TRAIN):
-        with open(BENCH_TRAIN) as f:
-            for row in json.load(f).get("throughput", []):
-                sps[(row["arch"], row["method"])] = row["samples_per_s"]
-    return sps
-
-
-def measured_epoch_s(cfg):
-    """(median epoch seconds, epochs done) from cfg's own last checkpoint; None before it
-    starts."""
-    history = (last_checkpoint(cfg) or {}).get("history")
-    if not history:
-        return None
-    return float(np.median([e["seconds"] for e in history])), len(history)
-
-
-def train_left_minutes(cfgs, per_epoch):
-    """Training left: started runs from their own measured epochs; the others from the bench,
-    scaled by how much slower than the bench the started runs of that arch were here."""
-    left, ratios, todo = 0.0, {}, []
-    for cfg in cfgs:
-        m = measured_epoch_s(cfg)
-        if m is None:
-            todo.append(cfg)
-            continue
-        epoch_s, done = m
-        left += max(0, cfg["epochs"] - done) * epoch_s
-        bench_epoch_s = train_estimate_s(cfg, per_epoch) / cfg["epochs"]
-        ratios.setdefault(cfg["arch"], []).append(epoch_s / bench_epoch_s)
-    for cfg in todo:
-        left += train_estimate_s(cfg, per_epoch) * float(np.median(ratios.get(cfg["arch"], [1])))
-    return left / 60
-
-
-# attack rates on a 2-core CPU (bench.py attack) when results/bench/attack_{arch}.json is absent:
-# paper PGD-100 beats/s, SPSA s per iteration and beat, seconds per beat of each AutoAttack
-# component (100 steps), inference forward rows/s (Square's queries)
-DEFAULT_ATTACK_RATES = {
-    "cnn": {"pgd": 53.0, "spsa": 0.377, "forward": 7.0e3,
-            "autoattack": {"apgd-ce": 0.033, "apgd-t": 0.095, "fab-t": 0.21}},
-    "mlp": {"pgd": 849.0, "spsa": 0.009, "forward": 7.5e5,
-            "autoattack": {"apgd-ce": 0.0018, "apgd-t": 0.0088, "fab-t": 0.022}}}
-
-
-def attack_rates(arch):
-    rates = json.loads(json.dumps(DEFAULT_ATTACK_RATES[arch]))
-    path = BENCH_ATTACK.format(arch=arch)
-    if os.path.exists(path):
-        with open(path) as f:
-            b = json.load(f)
-        rates["pgd"] = b["pgd"]["ours_samples_per_s"]
-        rates["spsa"] = b["spsa"]["batched_s_per_iter_sample"]
-        rates["forward"] = b.get("forward", {}).get("rows_per_s", rates["forward"])
-        rates["autoattack"].update(b.get("autoattack", {}))
-    return rates
-
-
-def seed_runs(part, seeds):
-    """How many of `seeds` an attack part of a preset runs on (its "seeds": "all" or a list)."""
-    on = part.get("seeds", "all")
-    return len(seeds) if on == "all" else len([s for s in seeds if s in on])
-
-
-def estimate_attack_minutes(preset, n_test, arch, seeds):
-    """An upper bound (no beat leaves early) for the attacks of one arch over `seeds`, for one
-    worker on a 2-core CPU, from results/bench/attack_{arch}.json. Returns {attack: minutes}."""
-    r = attack_rates(arch)
-    runs = functools.partial(seed_runs, seeds=seeds)
-    beats = lambda v: per_arch(v, arch) or n_test         # a subset's size, or the whole split
-    pgd, sp, aa, sq = (preset[k] for k in ("pgd", "spsa", "autoattack", "square"))
-    seconds = {
-        "PGD": len(seeds) * len(attack_pgd.EPS_LIST) * beats(pgd["max_samples"])
-        * pgd["steps"] / 100 / r["pgd"],
-        "SPSA": runs(sp) * len(per_arch(sp["eps"], arch) or attack_spsa.EPS_LIST)
-        * 5 * per_arch(sp["per_class"], arch) * sp["steps"] * r["spsa"] * sp["n_dirs"] / 2048,
-        "AutoAttack": runs(aa) * len(attack_autoattack.EPS_LIST) * beats(aa["max_samples"])
-        * aa["steps"] / 100 * sum(r["autoattack"][a] for a in aa["attacks"]),
-        "Square": runs(sq) * len(per_arch(sq["eps"], arch) or attack_autoattack.EPS_LIST)
-        * beats(sq["max_samples"]) * sq["n_queries"] / r["forward"]}
-    sap, tr = preset.get("sap"), preset.get("transfer")
-    if sap:        # gradient steps through the smoothing cost about what PGD's do
-        per_beat = sum(sap["init_steps"] + sap["steps"] + (4 * sap["strong_steps"]
-                                                           if v == "strong" else 0)
-                       for v in sap["variants"])
-        seconds["SAP"] = runs(sap) * len(per_arch(sap["eps"], arch) or attack_sap.EPS_LIST) \
-            * beats(aa["max_samples"]) * per_beat / 100 / r["pgd"]
-    out = {k: len(preset["models"]) * v / 60 for k, v in seconds.items()}
-    if tr:         # crafted once per seed on the source model (evaluating is a forward pass)
-        out["transfer"] = runs(tr) * len(per_arch(tr["eps"], arch) or attack_transfer.EPS_LIST) \
-            * beats(aa["max_samples"]) * tr["steps"] / 100 * r["autoattack"]["apgd-t"] / 60
-    return out
-
-
-# The GPU estimate, not measured (no GPU was lent to this project): eager PyTorch costs about
-# GPU_OP_US per aten op on a GPU (Python, dispatch and kernel launch: these models are small
-# enough to be launch-bound) plus the op's FLOPs at GPU_TFLOPS (float32). bench.py steps counts
-# the ops and FLOPs of each unit of work (results/bench/steps.json).
-GPU_OP_US = 6.0
-GPU_TFLOPS = 15.0
-BENCH_STEPS = "results/bench/steps.json"
-GPU_COUNTS = [8, 4, 2, 1]           # numbers of GPUs the plan prints an estimate for
-
-
-def gpu_task_seconds(preset, cfgs, per_epoch, n_val, n_test, archs, seeds, op_us=GPU_OP_US,
-                     tflops=GPU_TFLOPS):
-    """Seconds of each task on one GPU, {"train": [...], "attack": [...]}, from the op and FLOP
-    counts of bench.py steps; upper bounds (no fooled beat leaves early). The attack tasks are
-    the main tables' (paper PGD at every eps, SPSA, AutoAttack, Square, split as the preset
-    splits them); noise and the sanity-check runs, a few percent more, are left out."""
-    with open(BENCH_STEPS) as f:
-        counts = json.load(f)
-    train = {(r["arch"], r["method"]): r for r in counts["train"]}
-    unit = {(r["arch"], r["attack"]): r for r in counts["attack"]}
-    # `calls` launches of the unit's ops, `work` of its full-size FLOPs (a part-filled batch
-    # launches as many ops for fewer FLOPs)
-    cost = lambda c, calls, work: calls * c["ops"] * op_us * 1e-6 + work * c["flops"] / (tflops * 1e12)
-    ceil = lambda a, b: -(-a // b)
-    out = {"train": [], "attack": []}
-    for cfg in cfgs:
-        steps, val = ceil(per_epoch, cfg["batch_size"]), ceil(n_val, 4096)
-        out["train"].append(cfg["epochs"] * (
-            cost(train[(cfg["arch"], cfg["method"])], steps, per_epoch / cfg["batch_size"])
-            + cost(unit[(cfg["arch"], "forward")], val, n_val / 4096)))
-    batch = counts["settings"]
-    on = functools.partial(seed_runs, seeds=seeds)
-    for arch in archs:
-        beats = lambda v: per_arch(v, arch) or n_test
-        pgd, sp, aa, sq = (preset[k] for k in ("pgd", "spsa", "autoattack", "square"))
-        n, models = beats(pgd["max_samples"]), len(preset["models"])
-        tasks = [(len(seeds) * len(attack_pgd.EPS_LIST), 1, cost(
-            unit[(arch, "pgd")], ceil(n, batch["pgd_batch"]) * pgd["steps"],
-            n / batch["pgd_batch"] * pgd["steps"]))]
-        n = 5 * per_arch(sp["per_class"], arch)
-        k = sp.get("shards", 1)
-        tasks.append((on(sp) * len(per_arch(sp["eps"], arch) or attack_spsa.EPS_LIST), k, cost(
-            unit[(arch, "spsa")], ceil(n, batch["spsa_batch"]) * sp["steps"],
-            n / batch["spsa_batch"] * sp["steps"]) * sp["n_dirs"] / batch["spsa_dirs"]))
-        n = beats(aa["max_samples"])
-        for a in aa["attacks"]:
-            tasks.append((on(aa) * len(attack_autoattack.EPS_LIST), aa.get("shards", 1), cost(
-                unit[(arch, a)], ceil(n, batch["aa_batch"]) * aa["steps"] / batch["aa_steps"],
-                n / batch["aa_batch"] * aa["steps"] / batch["aa_steps"])))
-        n = beats(sq["max_samples"])
-        r = sq["n_queries"] / batch["square_queries"]
-        tasks.append((on(sq) * len(per_arch(sq["eps"], arch) or attack_autoattack.EPS_LIST),
-                      sq.get("shards", 1), cost(unit[(arch, "square")],
-                                                ceil(n, batch["aa_batch"]) * r,
-                                                n / batch["aa_batch"] * r)))
-        for runs, shards, seconds in tasks:
-            out["attack"] += [seconds / shards] * (models * runs * shards)
-    return out
-
-
-def makespan(seconds, workers):
-    """Wall time of `seconds` handed out longest first, each to the worker free soonest (what
-    Workers.run's queue does with a list sorted dearest first). Training and attacks are
-    estimated apart, as if a barrier separated them: an upper bound, since the queue lets a
-    worker attack trained models while others still train."""
-    import heapq
-    free = [0.0] * workers
-    for s in sorted(seconds, reverse=True):
-        heapq.heapreplace(free, free[0] + s)
-    return max(free)
-
-
-RESTART_HELP = """error: torchrun --max-restarts {k} needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in
-the environment. By default torchrun shares its rendezvous store with the workers, and workers it
-restarts read the killed workers' addresses from it: they hang or fail in init_process_group
-(pytorch/pytorch#135712, #167288; seen here with torch 2.13). Run either
-    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --max-restarts {k} ... reproduce.py ...
-or --max-restarts 0, and start the same command again after a failure (it resumes)."""
-
-
-def check_restart_store():
-    """Refuse torchrun's own restarts on the shared store: they hang (RESTART_HELP)."""
-    k = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
-    if k != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-        if os.environ.get("RANK", "0") == "0":
-            print(RESTART_HELP.format(k=k), file=sys.stderr, flush=True)
-        raise SystemExit(2)
-
-
-WAIT_POLL_S = 20        # how often a worker with only waiting tasks looks again
-
-
-class Workers:
-    """This process alone (plain python), or one of torchrun's workers. Under torchrun the
-    engine is torch.distributed: a gloo process group (CPU barriers; a CUDA worker uses
-    cuda:LOCAL_RANK), each worker torch.set_num_threads(cores // local workers), and work handed
-    out through the group's store: each worker walks the task list in order and claims the
-    first task that is ready and unclaimed (an atomic store.add on the task's key), so uneven
-    tasks balance themselves and an attack starts as soon as its model is trained, while other
-    models still train. The queue starts and ends with a barrier."""
-
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        self.attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        self.done = 0
-        if self.world > 1:
-            check_restart_store()
-            import datetime
-            import torch.distributed as dist
-            self.dist = dist
-            # long tasks (a CNN's 50 epochs) keep the others waiting at a barrier for hours
-            dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-            self.store = dist.distributed_c10d._get_default_store()
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            torch.set_num_threads(max(1, cores // local_world))
-
-    def device(self, name):
-        """--device auto/cuda under torchrun: one GPU per local rank."""
-        if self.world > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
-            return f"cuda:{self.local_rank % torch.cuda.device_count()}"
-        return name
-
-    def run(self, phase, tasks, ready=lambda task: True):
-        """Every task once over all workers. Order: the list's (put the longest first); a task
-        with ready(task) False (an attack on a model still training) waits, and the worker
-        takes the next ready one meanwhile."""
-        if self.world == 1:
-            for task in tasks:
-                if not ready(task):
-                    raise RuntimeError(f"{task[0]}: what it needs has not run (a bug)")
-                self.step(*task)
-            return
-        # every worker built its list from the same files (finished runs are left out) before
-        # any worker starts a task: the lists, and so the task keys, agree. The store is new
-        # at every start of the workers (check_restart_store), so the keys need no attempt
-        # number (which torchrun counts per node, not globally).
-        self.dist.barrier()
-        left = list(range(len(tasks)))
-        while left:
-            i = next((i for i in left if ready(tasks[i])), None)
-            if i is None:                   # only attacks on models other workers still train
-                time.sleep(WAIT_POLL_S)
-                continue
-            left.remove(i)
-            if self.store.add(f"nsr/{phase}/{i}", 1) == 1:        # this worker claimed it
-                self.step(*tasks[i])
-        self.dist.barrier()
-
-    def step(self, label, fn, argv):
-        fault = os.environ.get("NSR_FAULT_AFTER_TASKS")    # the tests' way to kill a worker
-        if fault and self.rank == self.world - 1 and self.attempt == "0" \
-                and self.done >= int(fault):
-            print(f"rank {self.rank}: simulated crash before {label}", flush=True)
-            os._exit(17)
-        step(f"{label}" + (f" [rank {self.rank}]" if self.world > 1 else ""), fn, argv)
-        self.done += 1
-
-    def agree(self, fn):
-        """fn() on rank 0 (None or an error message); its answer on every worker."""
-        msg = fn() if self.rank == 0 else None
-        if self.world > 1:
-            if self.rank == 0:
-                self.store.set("nsr/agree", msg or "")
-            else:
-                msg = self.store.get("nsr/agree").decode() or None     # waits for rank 0
-        return msg
-
-    def rank0_first(self, fn):
-        """fn() on rank 0, then the others (e.g. building the data cache once); only rank 0's
-        stdout shows (errors go to stderr from every rank)."""
-        if self.rank == 0:
-            fn()
-        if self.world > 1:
-            self.dist.barrier()
-        if self.rank != 0:
-            with contextlib.redirect_stdout(io.StringIO()):
-                fn()
-
-    def close(self):
-        if self.world > 1:
-            self.dist.barrier()
-            self.dist.destroy_process_group()
-
-
-def train_estimate_s(cfg, per_epoch):
-    """Seconds to train cfg on a 2-core CPU, from results/bench (to hand out the longest first)."""
-    return cfg["epochs"] * per_epoch / throughputs()[(cfg["arch"], cfg["method"])]
-
-
-ATTACK_COST = {"attack_pgd": 1, "attack_spsa": 20, "attack_autoattack": 10, "attack_sap": 3,
-               "attack_transfer": 3, "surface": 1}
-
-
-def attack_estimate(task):
-    """A relative cost of an attack task (CNN ~10x MLP; SPSA and AutoAttack dearer than PGD)."""
-    _, fn, argv = task
-    cost = ATTACK_COST[fn.__module__] * (10 if "cnn_" in os.path.basename(argv[1]) else 1)
-    if "fab-t" in argv or "apgd-t" in argv:
-        cost *= 4
-    return cost
-
-
-def step(label, fn, argv):
-    print(f"\n=== {label}: {' '.join(argv)}", flush=True)
-    rc = fn(argv)
-    if rc:
-        raise SystemExit(f"step failed ({label}), exit code {rc}: fix it and re-run to resume")
 
 
 def build_parser():
@@ -627,35 +286,6 @@ def preset_from_args(args, preset=None):
     return preset
 
 
-def print_plan(preset, args, cfgs, workers, per_epoch, n_val, n_test, device, results):
-    hours = lambda m: f"{m / 60:.1f} h" if m >= 60 else f"{m:.0f} min"
-    train = {arch: train_left_minutes([c for c in cfgs if c["arch"] == arch], per_epoch)
-             for arch in args.archs}
-    attacks = {arch: estimate_attack_minutes(preset, n_test, arch, args.seeds)
-               for arch in args.archs}
-    total = sum(train.values()) + sum(sum(a.values()) for a in attacks.values())
-    print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs x "
-          f"{len(args.seeds)} seeds, {preset['epochs']} epochs of {per_epoch} samples, on "
-          f"{workers.world} worker(s). Estimated for one worker on a 2-core CPU from "
-          f"results/bench, training calibrated by the epochs its started runs measured here "
-          f"(attacks: upper bounds, fooled beats stop early):")
-    for arch in args.archs:
-        print(f"  {arch}: training left {hours(train[arch])}; "
-              + ", ".join(f"{k} {hours(v)}" for k, v in attacks[arch].items()))
-    print(f"  total at most {hours(total)}. Results under {results}/.")
-    gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if gpu and os.path.exists(BENCH_STEPS):
-        t = gpu_task_seconds(preset, cfgs, per_epoch, n_val, n_test, args.archs, args.seeds,
-                             args.gpu_op_us, args.gpu_tflops)
-        print(f"GPU estimate, not measured: {BENCH_STEPS}'s op and FLOP counts at an assumed "
-              f"{args.gpu_op_us:g} us per op and {args.gpu_tflops:g} TFLOP/s (upper bounds; "
-              "noise and the sanity-check runs add a few percent):")
-        for g in GPU_COUNTS:
-            tr, at = makespan(t["train"], g) / 60, makespan(t["attack"], g) / 60
-            print(f"  {g} GPU{'s' if g > 1 else ''}{' (torchrun)' if g > 1 else ''}: training "
-                  f"{hours(tr)}, attacks {hours(at)}, total {hours(tr + at)}")
-
-
 def check_args(p, args):
     """Refuse what would silently plan the wrong thing (argparse's exit 2, naming the flag)."""
     for flag, values in (("--seeds", args.seeds), ("--archs", args.archs),
@@ -670,22 +300,6 @@ def check_args(p, args):
         if missing:
             p.error(f"--methods {' '.join(missing)}: not in the {args.preset} preset (it trains "
                     f"{', '.join(sorted(known))})")
-
-
-def hold_run_folders(workers, folders):
-    """Rank 0 takes the folders (utils.hold_folder), the other workers share them: None, or
-    the message naming the run that holds one."""
-    def hold_all():
-        for i, f in enumerate(folders):
-            busy = hold_folder(f)
-            if busy:
-                for g in folders[:i]:
-                    release_folder(g)
-                return busy
-    busy = workers.agree(hold_all)
-    if not busy and workers.rank > 0:
-        share_folders(folders)
-    return busy
 
 
 def dry_run_cache(data_dir, sample):

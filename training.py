@@ -7,6 +7,7 @@ names the run from it (every setting off the paper's frozen values in protocol.p
 name), and trains it: class-balanced epochs, kernel normalisation before every step, dead units
 re-drawn, the best and the last checkpoint after every epoch, an exact --resume.
 """
+import functools
 import os
 import sys
 import time
@@ -299,3 +300,27 @@ def main(parser, make_config, objective, argv=None):
     except ValueError as e:
         parser.error(str(e))
     return run(cfg, objective)
+
+
+# ----------------------------------------------------------------------------- finished runs
+def last_checkpoint(cfg):
+    """cfg's last checkpoint ({"epoch", "history", ...}); None before it starts or when it
+    cannot be read. Loaded once per file version (the plan and both phases ask)."""
+    path = checkpoint_paths(cfg)[0]
+    try:
+        return _load_checkpoint(path, os.stat(path).st_mtime_ns)
+    except Exception:
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _load_checkpoint(path, mtime_ns):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def finished(cfg):
+    """A run is done when its last checkpoint reached the preset's epochs with cfg's settings
+    (a checkpoint of other settings is never reused: its --resume is refused, naming them)."""
+    ckpt = last_checkpoint(cfg)
+    return ckpt is not None and ckpt.get("epoch", -1) + 1 >= cfg["epochs"] \
+        and not setting_changes(ckpt.get("config", {}), cfg)

@@ -56,7 +56,7 @@ def test_an_edited_constant_gives_a_new_name_and_label(monkeypatch, tmp_path, mo
     for cfg in paper.values():              # the paper's runs, all trained to the end
         torch.save({"epoch": cfg["epochs"] - 1, "config": cfg},
                    training.checkpoint_paths(cfg)[0])
-        assert reproduce.finished(cfg)
+        assert training.finished(cfg)
     monkeypatch.setattr(module, constant, value)
     changed = 0
     for run in RUNS:
@@ -66,7 +66,7 @@ def test_an_edited_constant_gives_a_new_name_and_label(monkeypatch, tmp_path, mo
             continue
         changed += 1
         assert cfg["name"] != paper[run]["name"], (run, cfg["name"])
-        assert not reproduce.finished(cfg), cfg["name"]
+        assert not training.finished(cfg), cfg["name"]
         if constant not in ("SEED", "ADV_EPS"):
             (_, label), (_, paper_label) = (analysis.row_key(c, run[0]) for c in (cfg, paper[run]))
             assert label != paper_label and label.startswith(paper_label.rstrip(")")), label
@@ -79,7 +79,7 @@ def test_a_checkpoint_of_other_settings_is_never_reused(tmp_path):
     cfg = reproduce.make_config("mlp", "nsr", out_dir=str(tmp_path), epochs=1)
     torch.save({"epoch": 0, "config": {**cfg, "nsr_eps": 0.02}},
                training.checkpoint_paths(cfg)[0])
-    assert not reproduce.finished(cfg)
+    assert not training.finished(cfg)
     assert training.setting_changes({**cfg, "nsr_eps": 0.02}, cfg) == ["nsr_eps"]
     assert training.setting_changes({**cfg, "epochs": 9, "device": "cuda"}, cfg) == []
 

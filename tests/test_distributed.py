@@ -120,12 +120,12 @@ def test_torchrun_restart_after_sigkill(one_worker, tmp_path):
 
 def test_max_restarts_on_the_shared_store_is_refused(monkeypatch, capsys):
     """torchrun's restarts on its shared store hang (pytorch#135712): say what to set instead."""
-    import reproduce
+    import workers
     for k, v in {"WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_MAX_RESTARTS": "3",
                  "TORCHELASTIC_USE_AGENT_STORE": "True"}.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(SystemExit) as e:
-        reproduce.Workers()
+        workers.Workers()
     assert e.value.code == 2
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in capsys.readouterr().err
 
@@ -135,7 +135,7 @@ def test_a_worker_attacks_trained_models_while_another_still_trains(monkeypatch)
     task (an attack on a model that is trained), waits only when every task left is an attack
     on a model another worker still trains, and never runs a task another worker claimed."""
     import types
-    import reproduce
+    import workers
 
     class Store:                               # torch.distributed Store.add: add, return total
         def __init__(self):
@@ -145,7 +145,7 @@ def test_a_worker_attacks_trained_models_while_another_still_trains(monkeypatch)
             self.counts[key] = self.counts.get(key, 0) + n
             return self.counts[key]
 
-    w = reproduce.Workers.__new__(reproduce.Workers)
+    w = workers.Workers.__new__(workers.Workers)
     w.world, w.rank, w.attempt, w.done = 2, 0, "0", 0
     w.store, w.dist = Store(), types.SimpleNamespace(barrier=lambda: None)
     trained, ran = {"A": False, "B": False}, []
@@ -167,7 +167,7 @@ def test_a_worker_attacks_trained_models_while_another_still_trains(monkeypatch)
         trained["A"] = True
         w.store.add("nsr/p/4", 1)
 
-    monkeypatch.setattr(reproduce.time, "sleep", other_worker_finishes_A)
+    monkeypatch.setattr(workers.time, "sleep", other_worker_finishes_A)
     w.run("p", tasks, ready=lambda t: not t[0].startswith("attack") or trained[t[0][7]])
     assert ran == ["train B", "attack B", "attack A 1"]
     assert w.store.counts["nsr/p/4"] == 2      # it tried attack A 2 and left it to the other

@@ -1,6 +1,7 @@
 """reproduce.py's plan: the attack tasks of a preset, the --attacks filter, the estimate."""
 import pytest
 
+import plan
 import reproduce
 import training
 
@@ -41,13 +42,13 @@ def test_attack_kinds_filter_and_cover_the_tasks():
 
 def test_plan_estimate_grows_with_the_work():
     preset = reproduce.PRESETS["paper"]
-    one = reproduce.estimate_attack_minutes(preset, 21890, "mlp", [0])
-    three = reproduce.estimate_attack_minutes(preset, 21890, "mlp", [0, 1, 2])
+    one = plan.estimate_attack_minutes(preset, 21890, "mlp", [0])
+    three = plan.estimate_attack_minutes(preset, 21890, "mlp", [0, 1, 2])
     assert set(one) == {"PGD", "SPSA", "AutoAttack", "Square", "SAP", "transfer"} \
         and all(v > 0 for v in one.values())
     assert three["PGD"] == pytest.approx(3 * one["PGD"]) and three["SPSA"] == one["SPSA"]   # SPSA: seed 0
     assert three["AutoAttack"] == pytest.approx(3 * one["AutoAttack"])
-    cnn = reproduce.estimate_attack_minutes(preset, 21890, "cnn", [0])
+    cnn = plan.estimate_attack_minutes(preset, 21890, "cnn", [0])
     assert cnn["PGD"] > one["PGD"]                     # the CNN attacks are dearer per beat
 
 
@@ -69,8 +70,8 @@ def test_cpu_shrink_flags_and_their_estimate():
                                                      "--aa-samples", "200"]))
     assert small["spsa"]["per_class"] == 10 and small["autoattack"]["max_samples"] == 200
     assert small["square"]["max_samples"] == 200
-    big = reproduce.estimate_attack_minutes(full, 21890, "cnn", [0])
-    less = reproduce.estimate_attack_minutes(small, 21890, "cnn", [0])
+    big = plan.estimate_attack_minutes(full, 21890, "cnn", [0])
+    less = plan.estimate_attack_minutes(small, 21890, "cnn", [0])
     assert less["SPSA"] == pytest.approx(big["SPSA"] * 10 / 40)
     assert less["AutoAttack"] == pytest.approx(big["AutoAttack"] * 200 / 500)
     assert less["PGD"] == big["PGD"]
@@ -83,12 +84,12 @@ def test_training_left_is_calibrated_by_measured_epochs(tmp_path):
     cfgs = [reproduce.make_config("mlp", m, epochs=50, out_dir=str(tmp_path))
             for m in ("ce", "nsr")]
     per_epoch = 290030
-    bench_ce = reproduce.train_estimate_s(cfgs[0], per_epoch) / 50
+    bench_ce = plan.train_estimate_s(cfgs[0], per_epoch) / 50
     last = training.checkpoint_paths(cfgs[0])[0]
     history = [{"epoch": e, "seconds": 3 * bench_ce} for e in range(10)]    # 3x the bench
     torch.save({"history": history, "epoch": 9}, last)
-    left = reproduce.train_left_minutes(cfgs, per_epoch) * 60
-    want = 40 * 3 * bench_ce + 3 * reproduce.train_estimate_s(cfgs[1], per_epoch)
+    left = plan.train_left_minutes(cfgs, per_epoch) * 60
+    want = 40 * 3 * bench_ce + 3 * plan.train_estimate_s(cfgs[1], per_epoch)
     assert left == pytest.approx(want)
 
 
@@ -123,10 +124,10 @@ def test_gpu_estimate_from_op_counts(tmp_path, monkeypatch):
                                    "square")]}
     path = tmp_path / "steps.json"
     path.write_text(json.dumps(counts))
-    monkeypatch.setattr(reproduce, "BENCH_STEPS", str(path))
+    monkeypatch.setattr(plan, "BENCH_STEPS", str(path))
     preset = reproduce.PRESETS["paper"]
     cfgs = [reproduce.make_config("mlp", m, epochs=50) for m in ("ce", "nsr")]
-    t = reproduce.gpu_task_seconds(preset, cfgs, 1280, 4096, 2048, ["mlp"], [0], op_us=10,
+    t = plan.gpu_task_seconds(preset, cfgs, 1280, 4096, 2048, ["mlp"], [0], op_us=10,
                                    tflops=1)
     # a run: 50 epochs x (10 steps of 100 ops + one validation forward: 10 ops, 3 s of FLOPs)
     assert t["train"] == pytest.approx([50 * (10 * 100 * 10e-6 + 10 * 10e-6 + 3)] * 2)
@@ -136,10 +137,10 @@ def test_gpu_estimate_from_op_counts(tmp_path, monkeypatch):
     # SPSA (seed 0): 810 beats in 26 batches (25.3 full), 100 iterations, 8 eps x 4 shards
     spsa = (26 * 100 * 10 * 10e-6 + 810 / 32 * 100 * 3) / 4
     assert sum(s == pytest.approx(spsa) for s in t["attack"]) == 9 * 8 * 4
-    assert reproduce.makespan([3, 3, 2, 2, 2], 2) == 7          # 3+2+2 | 3+2
-    assert reproduce.makespan([5, 1, 1], 4) == 5                # the longest task bounds it
+    assert plan.makespan([3, 3, 2, 2, 2], 2) == 7          # 3+2+2 | 3+2
+    assert plan.makespan([5, 1, 1], 4) == 5                # the longest task bounds it
     gpus = (1, 2, 4, 8)
-    walls = [reproduce.makespan(t["attack"], g) for g in gpus]
+    walls = [plan.makespan(t["attack"], g) for g in gpus]
     assert walls[0] == pytest.approx(sum(t["attack"]))
     assert all(a >= b for a, b in zip(walls, walls[1:]))
     assert all(w >= sum(t["attack"]) / g - 1e-9 for w, g in zip(walls, gpus))
