@@ -138,6 +138,7 @@ def attack_record(target, x_adv, attack, settings, wall):
         "arch": ckpt["arch"], "method": ckpt["config"].get("method"),
         "model_config": ckpt["config"],
         "attack": attack, "eps": settings["eps"], "settings": settings,
+        "suite": target.get("suite"),
         "clean": classification_metrics(yn, clean.cpu().numpy()),
         "adversarial": classification_metrics(yn, adv.cpu().numpy()),
         "n_attacked": int((clean == y).sum()),
@@ -382,6 +383,10 @@ def add_target_args(p, per_class_default=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out-dir", default=OUT_DIR, help="result folder")
     p.add_argument("--force", action="store_true", help="recompute results that are up to date")
+    p.add_argument("--suite", default=None,
+                   help="the named attack suite this run belongs to (protocol.PRESETS: reproduce.py "
+                        "passes quick or paper, with '+overrides' when flags changed a budget); "
+                        "recorded in the result, as AutoAttack records its version")
 
 
 def open_target(args, per_class=None):
@@ -411,6 +416,7 @@ def open_attack(args, per_class=None):
     target, rc = open_target(args, per_class)
     if rc:
         return None, "", rc
+    target["suite"] = getattr(args, "suite", None)
     tune_malloc()
     return target, (f"-n{len(target['idx'])}" if args.max_samples else ""), None
 

@@ -182,8 +182,9 @@ def target_flags(args, name, device, out_dir):
              ["--model", args.model] + (["--weights", args.weights] if args.weights else []))
     if not args.checkpoint:
         model += ["--name", name]
+    suite = reproduce.suite_name(args, "benchmark-" + ("quick" if args.quick else "paper"))
     return model + ["--device", str(device), "--out-dir", out_dir, "--data-dir", args.data_dir] \
-        + (["--sample"] if args.sample else [])
+        + (["--sample"] if args.sample else []) + ["--suite", suite]
 
 
 def beats(y, max_samples):

@@ -330,6 +330,7 @@ def settings_lines(records):
     groups = defaultdict(set)
     for r in records:
         desc = (f"`{r['attack']}` " + ", ".join(f"{k} {v}" for k, v in sorted(run_settings(r).items()))
+                + (f"; suite {r['suite']}" if r.get("suite") else "")
                 + f"; {len(r['labels'])} test beats; device {r.get('device', '?')}; torch "
                 f"{r.get('torch', '?')}; commit {str(r.get('git_commit', '?'))[:10]}")
         groups[desc].add(r["model"])

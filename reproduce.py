@@ -263,6 +263,14 @@ OVERRIDES = {"epochs": (None, "epochs"), "max_train_samples": (None, "max_train_
              "aa_steps": ("autoattack", "steps"), "square_queries": ("square", "n_queries")}
 
 
+def suite_name(args, preset=None):
+    """The attack suite a run's results record: the preset's name, '+overrides' when a flag
+    changed one of its budgets."""
+    changed = any(getattr(args, k, None) is not None
+                  for k in list(OVERRIDES) + ["pgd_samples", "aa_samples", "sap_steps"])
+    return (preset or args.preset) + ("+overrides" if changed else "")
+
+
 def preset_from_args(args, preset=None):
     """The preset (default: PRESETS[args.preset]) with the command line's overrides applied."""
     preset = json.loads(json.dumps(preset or PRESETS[args.preset]))
@@ -403,7 +411,8 @@ def attack_queue(args, preset, cfgs, results, device, data_flags):
             print(f"=== attacks on {cfg['name']}: its training has not finished, skipped")
             continue
         target = ["--checkpoint", training.checkpoint_paths(cfg)[1], "--device",
-                  device, "--out-dir", os.path.join(results, "attacks"), *data_flags]
+                  device, "--out-dir", os.path.join(results, "attacks"), *data_flags,
+                  "--suite", suite_name(args)]
         for task in attack_tasks(preset, cfg, target, args.attacks):
             need = [cfg]
             if "--source" in task[2]:

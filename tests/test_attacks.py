@@ -246,6 +246,7 @@ def test_pgd_cli_writes_results(checkpoint, sample_dir, tmp_path):
         d = torch.tensor(e["x_adv"]) - cache["X_test"][e["index"]].double()
         assert d.abs().max() <= 0.1 + 1e-6
     assert "examples" not in json.load(open(out / "mlp_ce__noise-n50__eps0.1.json"))
+    assert r["suite"] is None              # run by hand: no named suite
     assert np.array(r["adversarial"]["confusion"]).sum() == 50
     for key in ("seed", "steps", "variant"):
         assert key in r["settings"]

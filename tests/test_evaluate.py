@@ -210,6 +210,9 @@ def test_quick_preset_end_to_end_tiny(sample_dir, tmp_path):
                   "The loss surface"):
         assert title in report, title
     assert (res / "figures" / "surface.png").stat().st_size > 0
+    # every result names the suite that made it: the quick preset, with budgets overridden here
+    suites = {json.load(open(p)).get("suite") for p in (res / "attacks").glob("*.json")}
+    assert suites == {"quick+overrides"}
     assert "9. AutoAttack" in report
     for arch in ("mlp", "cnn"):
         for kind in ("pgd", "spsa", "noise", "autoattack", "worst"):
