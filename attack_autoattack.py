@@ -94,7 +94,7 @@ def batch_shard(model, x, y, batch_size, i, k):
     return np.concatenate([mine, wrong[i::k]])       # misclassified beats: untouched anyway
 
 
-def main(argv=None):
+def get_args_parser():
     p = parser(__doc__.split("\n")[0])
     add_target_args(p)
     num = arg_number
@@ -109,7 +109,15 @@ def main(argv=None):
     p.add_argument("--shard", type=shard_arg, default=None, metavar="I/K",
                    help="attack the I-th of K parts (whole batches) of the beats; the parts "
                         "merge into the unsplit result once all are done")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    return run(get_args_parser().parse_args(argv))
+
+
+def run(args):
+    """The sweeps that `args` (get_args_parser's namespace) describes, one per component."""
     target, subset, rc = open_attack(args)
     if rc:
         return rc
@@ -121,7 +129,7 @@ def main(argv=None):
         settings_for = lambda eps: {"eps": eps, **budget, "restarts": 1, "seed": args.seed,
                                     "library": f"torchattacks {torchattacks.__version__}",
                                     "batch": args.batch_size}
-        def run(eps, pos, name=name):
+        def attack_at(eps, pos, name=name):
             x_adv = x.clone()
             p = torch.as_tensor(pos, dtype=torch.long)
             x_adv[p] = autoattack(model, x[p], y[p], name, eps, args.steps, args.n_queries,
@@ -129,7 +137,7 @@ def main(argv=None):
             return x_adv
         shard = args.shard and (*args.shard, lambda i, k: batch_shard(model, x, y,
                                                                       args.batch_size, i, k))
-        if run_sweep(target, args.eps, name, tag, settings_for, run, args.out_dir, args.force,
+        if run_sweep(target, args.eps, name, tag, settings_for, attack_at, args.out_dir, args.force,
                      shard=shard):
             return 2
     return 0

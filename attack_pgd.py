@@ -149,7 +149,7 @@ def noise_attack(model, x, y, eps, seed=SEED):
     return torch.where(correct, noisy, x)
 
 
-def main(argv=None):
+def get_args_parser():
     p = parser(__doc__.split("\n")[0])
     add_target_args(p)
     num = arg_number
@@ -164,7 +164,16 @@ def main(argv=None):
     p.add_argument("--batch-size", type=num(int, 1), default=BATCH_SIZE,
                    help="beats attacked at once (speed only)")
     p.add_argument("--noise", action="store_true", help="uniform white noise instead of PGD")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    return run(get_args_parser().parse_args(argv))
+
+
+def run(args):
+    """The sweep that `args` (get_args_parser's namespace) describes; reproduce.py builds one
+    without an argv (attack_common.attack_args)."""
     target, subset, rc = open_attack(args)
     if rc:
         return rc
@@ -173,7 +182,7 @@ def main(argv=None):
     if args.noise:
         attack, tag = "noise", "noise" + subset
         settings_for = lambda eps: {"eps": eps, "seed": args.seed}
-        run = lambda eps, pos: noise_attack(model, x, y, eps, seed=args.seed)
+        attack_at = lambda eps, pos: noise_attack(model, x, y, eps, seed=args.seed)
     else:
         attack = f"pgd-{args.variant}"
         tag = (f"pgd-{args.variant}-{args.loss}-s{args.steps}-r{args.restarts}"
@@ -182,11 +191,11 @@ def main(argv=None):
                                     "variant": args.variant, "loss": args.loss,
                                     "restarts": args.restarts, "seed": args.seed,
                                     "batch_size": args.batch_size}
-        run = lambda eps, pos: pgd_attack(model, x, y, eps, args.steps, args.step_size,
+        attack_at = lambda eps, pos: pgd_attack(model, x, y, eps, args.steps, args.step_size,
                                           args.variant, args.loss, args.restarts, args.seed,
                                           args.batch_size, progress=True)
     return run_sweep(target, args.eps or (NOISE_EPS_LIST if args.noise else EPS_LIST), attack, tag,
-          settings_for, run, args.out_dir, args.force)
+                     settings_for, attack_at, args.out_dir, args.force)
 
 
 if __name__ == "__main__":

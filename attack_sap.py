@@ -164,7 +164,11 @@ def get_args_parser():
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    return run(get_args_parser().parse_args(argv))
+
+
+def run(args):
+    """The sweep that `args` (get_args_parser's namespace) describes."""
     target, subset, rc = open_attack(args)
     if rc:
         return rc
@@ -175,10 +179,10 @@ def main(argv=None):
                                 "init_steps": args.init_steps, "seed": args.seed,
                                 "strong_steps": args.strong_steps if args.variant == "strong"
                                 else None, "batch_size": args.batch_size}
-    run = lambda eps, pos: sap_attack(model, x, y, eps, args.variant, args.steps,
+    attack_at = lambda eps, pos: sap_attack(model, x, y, eps, args.variant, args.steps,
                                       args.init_steps, args.strong_steps, args.batch_size,
                                       progress=True)
-    return run_sweep(target, args.eps, f"sap-{args.variant}", tag, settings_for, run,
+    return run_sweep(target, args.eps, f"sap-{args.variant}", tag, settings_for, attack_at,
                      args.out_dir, args.force)
 
 

@@ -123,7 +123,7 @@ def spsa_attack(model, x, y, eps, steps=STEPS, n_dirs=N_DIRS, delta=DELTA, lr=LR
     return x_adv.clone()
 
 
-def main(argv=None):
+def get_args_parser():
     p = parser(__doc__.split("\n")[0])
     add_target_args(p, per_class_default=PER_CLASS)
     num = arg_number
@@ -142,7 +142,15 @@ def main(argv=None):
     p.add_argument("--shard", type=shard_arg, default=None, metavar="I/K",
                    help="attack the I-th of K parts of the beats; the K parts merge into the "
                         "unsplit result once all are done")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    return run(get_args_parser().parse_args(argv))
+
+
+def run(args):
+    """The sweep that `args` (get_args_parser's namespace) describes."""
     target, _, rc = open_attack(args, per_class=args.per_class)
     if rc:
         return rc
@@ -155,7 +163,7 @@ def main(argv=None):
                                 "chunk_rows": args.chunk_rows}
     x, y, ids = target["x"], target["y"], np.asarray(target["idx"])
 
-    def run(eps, pos):
+    def attack_at(eps, pos):
         """x_adv for all beats, attacked at `pos` (each beat's own random stream: any split of
         the beats gives the same x_adv)."""
         x_adv = x.clone()
@@ -165,7 +173,7 @@ def main(argv=None):
                                args.batch_size, args.chunk_rows, progress=True)
         return x_adv
     shard = args.shard and (*args.shard, lambda i, k: np.arange(len(y))[i::k])
-    return run_sweep(target, args.eps, "spsa", tag, settings_for, run, args.out_dir, args.force,
+    return run_sweep(target, args.eps, "spsa", tag, settings_for, attack_at, args.out_dir, args.force,
                      shard=shard)
 
 

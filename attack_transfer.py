@@ -91,7 +91,11 @@ def get_args_parser():
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    return run(get_args_parser().parse_args(argv))
+
+
+def run(args):
+    """The sweep that `args` (get_args_parser's namespace) describes."""
     target, subset, rc = open_attack(args)
     if rc:
         return rc
@@ -116,9 +120,9 @@ def main(argv=None):
                                 "source_sha256": source["sha256"],
                                 "source_attack": SOURCE_ATTACK, "steps": args.steps,
                                 "seed": args.seed, "batch": args.batch_size}
-    run = lambda eps, pos: transfer_attack(
+    attack_at = lambda eps, pos: transfer_attack(
         model, x, y, crafted(source, target, eps, args.steps, args.seed, args.batch_size, cache))
-    return run_sweep(target, args.eps, "transfer", tag, settings_for, run, args.out_dir,
+    return run_sweep(target, args.eps, "transfer", tag, settings_for, attack_at, args.out_dir,
                      args.force)
 
 

@@ -43,7 +43,6 @@ import torch
 
 import reproduce
 from attack_common import predict
-from plan import attack_estimate
 from models import ModelLoadError, N_CLASSES, N_SAMPLES, load_checkpoint, load_user_model
 from utils import (atomic_write, files_sha256, get_device, release_folder, run_cli, run_info,
                    sha256_file)
@@ -176,15 +175,16 @@ def suite(args):
     return reproduce.preset_from_args(args, preset)
 
 
-def target_flags(args, name, device, out_dir):
-    model = (["--checkpoint", args.checkpoint] if args.checkpoint else
-             ["--torchscript", args.torchscript] if args.torchscript else
-             ["--model", args.model] + (["--weights", args.weights] if args.weights else []))
+def target_settings(args, name, device, out_dir):
+    """The settings naming the model, device, data and result folder of every attack task."""
+    model = ({"checkpoint": args.checkpoint} if args.checkpoint else
+             {"torchscript": args.torchscript} if args.torchscript else
+             {"model": args.model, "weights": args.weights})
     if not args.checkpoint:
-        model += ["--name", name]
+        model["name"] = name
     suite = reproduce.suite_name(args, "benchmark-" + ("quick" if args.quick else "paper"))
-    return model + ["--device", str(device), "--out-dir", out_dir, "--data-dir", args.data_dir] \
-        + (["--sample"] if args.sample else []) + ["--suite", suite]
+    return {**model, "device": str(device), "out_dir": out_dir, "data_dir": args.data_dir,
+            "sample": args.sample, "suite": suite}
 
 
 def beats(y, max_samples):
@@ -458,11 +458,11 @@ def run(args):
         workers.close()
         return fail(busy)
     cfg = {"arch": BUDGET_ARCH, "seed": 0, "name": name}
-    tasks = reproduce.attack_tasks(preset, cfg, target_flags(args, name, device, attack_dir),
+    tasks = reproduce.attack_tasks(preset, cfg, target_settings(args, name, device, attack_dir),
                                    args.attacks)
     t0 = time.perf_counter()
     try:
-        workers.run("benchmark", sorted(tasks, key=lambda t: -attack_estimate(t)))
+        workers.run("benchmark", sorted(tasks, key=lambda t: -t.cost))
     finally:
         release_folder(attack_dir)
     workers.close()

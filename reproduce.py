@@ -47,7 +47,7 @@ import training
 from plan import GPU_OP_US, GPU_TFLOPS, attack_estimate, print_plan, train_estimate_s
 from training import finished
 from utils import HelpFormatter, arg_number, get_device, release_folder, run_cli, tune_malloc
-from workers import Workers, hold_run_folders, step
+from workers import Task, Workers, hold_run_folders, step
 
 DEFAULT_EPS = {"attack_pgd": attack_pgd.EPS_LIST, "attack_pgd-noise": attack_pgd.NOISE_EPS_LIST,
                "attack_spsa": attack_spsa.EPS_LIST, "attack_autoattack": attack_autoattack.EPS_LIST,
@@ -71,41 +71,53 @@ ATTACK_KINDS = ["pgd", "noise", "checks", "autoattack", "square", "spsa", "sap",
 
 
 def attack_tasks(preset, cfg, target, kinds=ATTACK_KINDS):
-    """The attack runs of one trained model: [(label, script main, argv)], one task per eps (and
-    AutoAttack component), each split further into beat shards (the script merges them into one
-    result). `target`: the flags naming its checkpoint, data, device and result folder; `kinds`:
-    which of ATTACK_KINDS to run."""
+    """The attack runs of one trained model: [Task(label, script run, its settings, cost)], one
+    task per eps (and AutoAttack component), each split further into beat shards (the script
+    merges them into one result). `target`: the settings naming its checkpoint, data, device,
+    result folder and suite ({"checkpoint": .., "out_dir": .., ...}); `kinds`: which of
+    ATTACK_KINDS to run. No argv: each task holds the namespace its script's run() takes."""
     out = []
-    for kind, label, fn, argv, k in attack_runs(preset, cfg, target):
+    for kind, label, module, values, k in attack_runs(preset, cfg, target):
         if kind not in kinds:
             continue
         if kind == "surface":                # one task per model, no eps
-            out.append((label, fn, argv))
+            out.append(Task(label, module.run, attack_args(module, **values), 1.0))
             continue
-        for lab, arg in per_eps(label, fn, argv):
-            out += [(lab, fn, arg)] if k == 1 else [
-                (f"{lab} shard {i}/{k}", fn, arg + ["--shard", f"{i}/{k}"]) for i in range(1, k + 1)]
+        for lab, vals in per_eps(label, module, values):
+            cost = attack_estimate(module.__name__, cfg["arch"], vals.get("attacks", [None])[0])
+            out += [Task(lab, module.run, attack_args(module, **vals), cost)] if k == 1 else [
+                Task(f"{lab} shard {i + 1}/{k}", module.run,
+                     attack_args(module, **vals, shard=(i, k)), cost / k) for i in range(k)]
     return out
 
 
+def attack_args(module, **values):
+    """The namespace `module.run` takes: its parser's defaults (its UPPER_CASE constants) with
+    `values` set; a setting the script does not have is a ValueError (a typo fails loudly)."""
+    args = module.get_args_parser().parse_args([])
+    unknown = sorted(k for k in values if not hasattr(args, k))
+    if unknown:
+        raise ValueError(f"{module.__name__} has no setting {', '.join(unknown)}")
+    for k, v in values.items():
+        setattr(args, k, v)
+    return args
+
+
 def attack_runs(preset, cfg, target):
-    """[(kind, label, script main, argv, beat shards)]: every attack sweep of one model."""
+    """[(kind, label, script module, settings, beat shards)]: every attack sweep of one model."""
     arch, seed, name = cfg["arch"], cfg["seed"], cfg["name"]
     pgd, chk, sp = preset["pgd"], preset["pgd_check"], preset["spsa"]
     aa, sq = preset["autoattack"], preset["square"]
     on_seed = lambda part: part.get("seeds", "all") == "all" or seed in part["seeds"]
-    n = lambda v: ["--max-samples", str(per_arch(v, arch))] if per_arch(v, arch) else []
-    eps = lambda v: ["--eps", *map(str, per_arch(v, arch))] if per_arch(v, arch) else []
+    n = lambda v: {"max_samples": per_arch(v, arch)} if per_arch(v, arch) else {}
+    eps = lambda v: {"eps": list(per_arch(v, arch))} if per_arch(v, arch) else {}
     n_main, n_chk = pgd["max_samples"], chk.get("max_samples", pgd["max_samples"])
-    chk_eps = ["--eps", "0.03", "0.1"]
-    # (kind, label, script main, argv, beat shards)
-    tasks = [("pgd", f"PGD {name}", attack_pgd.main,
-              target + n(n_main) + ["--steps", str(pgd["steps"])], 1)]
+    chk_eps = {"eps": [0.03, 0.1]}
+    tasks = [("pgd", f"PGD {name}", attack_pgd, {**target, **n(n_main), "steps": pgd["steps"]}, 1)]
     if on_seed(sp):
-        tasks.append(("spsa", f"SPSA {name}", attack_spsa.main,
-                      target + ["--per-class", str(per_arch(sp["per_class"], arch)), "--steps",
-                                str(sp["steps"]), "--n-dirs", str(sp["n_dirs"])] + eps(sp["eps"]),
-                      sp.get("shards", 1)))
+        tasks.append(("spsa", f"SPSA {name}", attack_spsa,
+                      {**target, "per_class": per_arch(sp["per_class"], arch), "steps": sp["steps"],
+                       "n_dirs": sp["n_dirs"], **eps(sp["eps"])}, sp.get("shards", 1)))
     if on_seed(aa):
         # components with the ensemble's budget go as one sweep; "per_attack" overrides one's
         own = aa.get("per_attack", {})
@@ -113,33 +125,29 @@ def attack_runs(preset, cfg, target):
                                                                  if a in own]
         for group in filter(None, groups):
             part = {**aa, **own.get(group[0], {})} if group[0] in own else aa
-            tasks.append(("autoattack", f"AutoAttack {name}", attack_autoattack.main,
-                          target + n(part["max_samples"]) + ["--steps", str(part["steps"]),
-                                                             "--attacks", *group]
-                          + eps(part.get("eps")),
-                          part.get("shards", 1)))
+            tasks.append(("autoattack", f"AutoAttack {name}", attack_autoattack,
+                          {**target, **n(part["max_samples"]), "steps": part["steps"],
+                           "attacks": group, **eps(part.get("eps"))}, part.get("shards", 1)))
     if on_seed(sq):
-        tasks.append(("square", f"Square {name}", attack_autoattack.main,
-                      target + n(sq["max_samples"]) + ["--attacks", "square", "--n-queries",
-                                                       str(sq["n_queries"])] + eps(sq["eps"]),
-                      sq.get("shards", 1)))
+        tasks.append(("square", f"Square {name}", attack_autoattack,
+                      {**target, **n(sq["max_samples"]), "attacks": ["square"],
+                       "n_queries": sq["n_queries"], **eps(sq["eps"])}, sq.get("shards", 1)))
     # sanity-check runs (METHOD.md 7): fewer steps, one vs several restarts, eps 1, noise
+    check = {**target, **n(n_chk)}
     if n_chk != n_main:
-        tasks.append(("checks", f"PGD on the check subset {name}", attack_pgd.main,
-                      target + n(n_chk) + ["--steps", str(pgd["steps"])] + chk_eps, 1))
-    tasks.append(("checks", f"PGD fewer steps {name}", attack_pgd.main,
-                  target + n(n_chk) + ["--steps", str(chk["steps"])] + chk_eps, 1))
+        tasks.append(("checks", f"PGD on the check subset {name}", attack_pgd,
+                      {**check, "steps": pgd["steps"], **chk_eps}, 1))
+    tasks.append(("checks", f"PGD fewer steps {name}", attack_pgd,
+                  {**check, "steps": chk["steps"], **chk_eps}, 1))
     for restarts in (1, chk["sign_restarts"]):
-        tasks.append(("checks", f"sign PGD x{restarts} {name}", attack_pgd.main,
-                      target + n(n_chk) + ["--variant", "sign", "--loss", "margin", "--steps",
-                                           str(chk["steps"]), "--restarts", str(restarts)]
-                      + chk_eps, 1))
+        tasks.append(("checks", f"sign PGD x{restarts} {name}", attack_pgd,
+                      {**check, "variant": "sign", "loss": "margin", "steps": chk["steps"],
+                       "restarts": restarts, **chk_eps}, 1))
     if chk["eps_one"]:
-        tasks.append(("checks", f"PGD eps 1 {name}", attack_pgd.main,
-                      target + n(n_chk) + ["--steps", str(chk["steps"]), "--step-size", "0.05",
-                                           "--eps", "1.0"], 1))
-    tasks.append(("noise", f"noise {name}", attack_pgd.main,
-                  target + n(preset["noise"]["max_samples"]) + ["--noise"], 1))
+        tasks.append(("checks", f"PGD eps 1 {name}", attack_pgd,
+                      {**check, "steps": chk["steps"], "step_size": 0.05, "eps": [1.0]}, 1))
+    tasks.append(("noise", f"noise {name}", attack_pgd,
+                  {**target, **n(preset["noise"]["max_samples"]), "noise": True}, 1))
     return tasks + extra_runs(preset, cfg, target, n, eps, on_seed)
 
 
@@ -151,23 +159,22 @@ def extra_runs(preset, cfg, target, n, eps, on_seed):
     tasks = []
     if sap and on_seed(sap):
         for variant in sap["variants"]:
-            budget = ["--steps", str(sap["steps"]), "--init-steps", str(sap["init_steps"])]
+            budget = {"steps": sap["steps"], "init_steps": sap["init_steps"]}
             if variant == "strong":
-                budget += ["--strong-steps", str(sap["strong_steps"])]
-            tasks.append(("sap", f"SAP {variant} {name}", attack_sap.main,
-                          target + n(aa["max_samples"]) + ["--variant", variant] + budget
-                          + eps(sap.get("eps")), 1))
+                budget["strong_steps"] = sap["strong_steps"]
+            tasks.append(("sap", f"SAP {variant} {name}", attack_sap,
+                          {**target, **n(aa["max_samples"]), "variant": variant, **budget,
+                           **eps(sap.get("eps"))}, 1))
     source = transfer_source(tr, cfg) if tr and on_seed(tr) else None
     if source:
-        tasks.append(("transfer", f"transfer {name}", attack_transfer.main,
-                      target + n(aa["max_samples"]) + ["--source", source, "--steps",
-                                                       str(tr["steps"])] + eps(tr.get("eps")), 1))
+        tasks.append(("transfer", f"transfer {name}", attack_transfer,
+                      {**target, **n(aa["max_samples"]), "source": source, "steps": tr["steps"],
+                       **eps(tr.get("eps"))}, 1))
     if surf and cfg.get("method") in surf["methods"] and on_seed(surf):
-        out = list(target)               # beside the attack results: {results}/surface
-        if "--out-dir" in out:
-            i = out.index("--out-dir") + 1
-            out[i] = os.path.join(os.path.dirname(out[i]), "surface")
-        tasks.append(("surface", f"loss surface {name}", surface.main, out, 1))
+        # beside the attack results: {results}/surface
+        out = {"out_dir": os.path.join(os.path.dirname(target["out_dir"]), "surface")} \
+            if "out_dir" in target else {}
+        tasks.append(("surface", f"loss surface {name}", surface, {**target, **out}, 1))
     return tasks
 
 
@@ -185,22 +192,15 @@ def transfer_source(part, cfg):
     return training.checkpoint_paths(src)[1]
 
 
-def per_eps(label, fn, argv):
-    """[(label, argv)] of one task per eps and per AutoAttack component: small tasks balance
-    over workers, and each gives exactly the result it gives inside a sweep (seeded per call)."""
-    if "--eps" in argv:                      # --eps is always the last flag here
-        cut = argv.index("--eps")
-        base, eps = argv[:cut], argv[cut + 1:]
-    else:
-        kind = fn.__module__ + ("-noise" if "--noise" in argv else "")
-        base, eps = argv, [str(e) for e in DEFAULT_EPS[kind]]
-    attacks = [None]
-    if "--attacks" in base:
-        i = base.index("--attacks")
-        j = next((k for k in range(i + 1, len(base)) if base[k].startswith("--")), len(base))
-        attacks, base = base[i + 1:j], base[:i] + base[j:]
-    return [(f"{label}{' ' + a if a else ''} eps {e}",
-             base + (["--attacks", a] if a else []) + ["--eps", e])
+def per_eps(label, module, values):
+    """[(label, settings)] of one task per eps and per AutoAttack component: small tasks
+    balance over workers, and each gives exactly the result it gives inside a sweep (seeded per
+    call)."""
+    eps = values.get("eps") or DEFAULT_EPS[module.__name__ + ("-noise" if values.get("noise")
+                                                              else "")]
+    attacks = values.get("attacks") or [None]
+    return [(f"{label}{' ' + a if a else ''} eps {e:g}",
+             {**values, "eps": [e], **({"attacks": [a]} if a else {})})
             for a in attacks for e in eps]
 
 
@@ -393,12 +393,13 @@ def train_queue(cfgs, per_epoch):
             print(f"=== train {cfg['name']}: done, skipped")
             continue
         script = TRAINERS[cfg["method"]]
-        resume = ["--resume"] if os.path.exists(training.checkpoint_paths(cfg)[0]) else []
-        tasks.append((f"train {cfg['name']}", script.main, script.config_argv(cfg) + resume))
+        resume = os.path.exists(training.checkpoint_paths(cfg)[0])
+        tasks.append(Task(f"train {cfg['name']}", script.run, dict(cfg, resume=resume),
+                          train_estimate_s(cfg, per_epoch)))
     return tasks
 
 
-def attack_queue(args, preset, cfgs, results, device, data_flags):
+def attack_queue(args, preset, cfgs, results, device, data):
     """(tasks, the runs each task needs trained): one per (model, attack, eps), dearest first.
     A transfer attack also needs its source model; one whose source this command neither
     trains nor finds trained is left out, named."""
@@ -410,13 +411,13 @@ def attack_queue(args, preset, cfgs, results, device, data_flags):
             # e.g. attacking seed 0 while another command still trains it: a later run does it
             print(f"=== attacks on {cfg['name']}: its training has not finished, skipped")
             continue
-        target = ["--checkpoint", training.checkpoint_paths(cfg)[1], "--device",
-                  device, "--out-dir", os.path.join(results, "attacks"), *data_flags,
-                  "--suite", suite_name(args)]
+        target = {"checkpoint": training.checkpoint_paths(cfg)[1], "device": device,
+                  "out_dir": os.path.join(results, "attacks"), **data,
+                  "suite": suite_name(args)}
         for task in attack_tasks(preset, cfg, target, args.attacks):
             need = [cfg]
-            if "--source" in task[2]:
-                src = task[2][task[2].index("--source") + 1]
+            src = getattr(task.args, "source", None)
+            if src:
                 if src in by_best and (training_here or finished(by_best[src])):
                     need.append(by_best[src])
                 elif not os.path.exists(src):
@@ -424,7 +425,7 @@ def attack_queue(args, preset, cfgs, results, device, data_flags):
                     continue
             tasks.append(task)
             needs[task[0]] = need
-    return sorted(tasks, key=lambda t: -attack_estimate(t)), needs
+    return sorted(tasks, key=lambda t: -t.cost), needs
 
 
 def run_preset(args, preset, results, workers, device, t_start):
@@ -444,7 +445,8 @@ def run_preset(args, preset, results, workers, device, t_start):
         workers.close()
         return 0
     trains = train_queue(cfgs, per_epoch)
-    attacks, needs = attack_queue(args, preset, cfgs, results, device, data_flags)
+    attacks, needs = attack_queue(args, preset, cfgs, results, device,
+                                  {"data_dir": args.data_dir, "sample": sample})
     # one queue: under torchrun a worker done training attacks the models trained so far
     # while the others still train (no barrier between the phases); an attack waits for its model
     queue = ((trains if "train" in args.phases else [])

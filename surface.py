@@ -100,7 +100,11 @@ def get_args_parser():
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    return run(get_args_parser().parse_args(argv))
+
+
+def run(args):
+    """The surface that `args` (get_args_parser's namespace) describes."""
     if args.max_samples:
         args.grad_per_class, args.max_samples = args.max_samples // 5, None
     target, rc = open_target(args, per_class=max(args.grad_per_class, args.curve_per_class))

@@ -121,6 +121,11 @@ def get_args_parser():
     return p
 
 
+def run(cfg):
+    """Train the run config `cfg` (make_config's: reproduce.py builds it without an argv)."""
+    return training.run(cfg, baseline_objective)
+
+
 def main(argv=None):
     """Parse flags into the run's config and train it; exit 2 on bad input."""
     return training.main(get_args_parser(), make_config, baseline_objective, argv)

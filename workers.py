@@ -6,10 +6,20 @@ import io
 import os
 import sys
 import time
+from typing import Any, Callable, NamedTuple
 
 import torch
 
 from utils import hold_folder, release_folder, share_folders
+
+
+class Task(NamedTuple):
+    """One unit of the queue: a script's run() and what it takes (an attack script's argparse
+    namespace, a training run's config dict); `cost` orders the queue (dearest first)."""
+    label: str
+    fn: Callable
+    args: Any
+    cost: float = 1.0
 
 
 RESTART_HELP = """error: torchrun --max-restarts {k} needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in
@@ -73,7 +83,7 @@ class Workers:
             for task in tasks:
                 if not ready(task):
                     raise RuntimeError(f"{task[0]}: what it needs has not run (a bug)")
-                self.step(*task)
+                self.step(task[0], task[1], task[2])
             return
         # every worker built its list from the same files (finished runs are left out) before
         # any worker starts a task: the lists, and so the task keys, agree. The store is new
@@ -88,16 +98,16 @@ class Workers:
                 continue
             left.remove(i)
             if self.store.add(f"nsr/{phase}/{i}", 1) == 1:        # this worker claimed it
-                self.step(*tasks[i])
+                self.step(tasks[i][0], tasks[i][1], tasks[i][2])
         self.dist.barrier()
 
-    def step(self, label, fn, argv):
+    def step(self, label, fn, args):
         fault = os.environ.get("NSR_FAULT_AFTER_TASKS")    # the tests' way to kill a worker
         if fault and self.rank == self.world - 1 and self.attempt == "0" \
                 and self.done >= int(fault):
             print(f"rank {self.rank}: simulated crash before {label}", flush=True)
             os._exit(17)
-        step(f"{label}" + (f" [rank {self.rank}]" if self.world > 1 else ""), fn, argv)
+        step(f"{label}" + (f" [rank {self.rank}]" if self.world > 1 else ""), fn, args)
         self.done += 1
 
     def agree(self, fn):
@@ -127,9 +137,20 @@ class Workers:
             self.dist.destroy_process_group()
 
 
-def step(label, fn, argv):
-    print(f"\n=== {label}: {' '.join(argv)}", flush=True)
-    rc = fn(argv)
+def describe(args):
+    """What a task runs with, on one line: an argv as it is; a namespace or config, each
+    setting that is set (not None or False)."""
+    if isinstance(args, (list, tuple)):
+        return " ".join(map(str, args))
+    items = (vars(args) if not isinstance(args, dict) else args).items()
+    text = lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return " ".join(f"{k}={text(v)}" for k, v in items if v is not None and v is not False)
+
+
+def step(label, fn, args):
+    """Run one task (fn(args): a script's run() or main(argv)); a non-zero exit stops the run."""
+    print(f"\n=== {label}: {describe(args)}", flush=True)
+    rc = fn(args)
     if rc:
         raise SystemExit(f"step failed ({label}), exit code {rc}: fix it and re-run to resume")
 

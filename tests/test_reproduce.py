@@ -5,7 +5,7 @@ import plan
 import reproduce
 import training
 
-TARGET = ["--checkpoint", "results/paper/checkpoints/mlp_ce_s0_best.pt"]
+TARGET = {"checkpoint": "results/paper/checkpoints/mlp_ce_s0_best.pt"}
 
 
 def paper_tasks(kinds=reproduce.ATTACK_KINDS, seed=0):
@@ -264,11 +264,11 @@ def test_the_demo_runs_every_attack_the_paper_preset_runs():
         out = set()
         for arch in protocol.ARCHS:
             cfg = {"arch": arch, "seed": 0, "name": f"{arch}_x"}
-            for _, fn, argv in reproduce.attack_tasks(protocol.PRESETS[preset], cfg, []):
-                attack = argv[argv.index("--attacks") + 1] if "--attacks" in argv else None
-                variant = argv[argv.index("--variant") + 1] if "--variant" in argv else None
-                out.add((fn.__module__, attack, variant, "--noise" in argv,
-                         "--restarts" in argv))
+            for task in reproduce.attack_tasks(protocol.PRESETS[preset], cfg, {}):
+                a = task.args
+                out.add((task.fn.__module__, (getattr(a, "attacks", None) or [None])[0],
+                         getattr(a, "variant", None) if task.fn.__module__ == "attack_sap" else
+                         None, getattr(a, "noise", False), getattr(a, "restarts", 1) > 1))
         return out
     paper, quick = kinds("paper"), kinds("quick")
     assert {a for _, a, _, _, _ in paper} >= {"apgd-ce", "apgd-t", "fab-t", "square"}
@@ -282,8 +282,7 @@ def test_transfer_attacks_come_from_the_ce_model_of_the_same_seed_and_wait_for_i
     cfg = reproduce.make_config("cnn", "nsr", seed=2, epochs=50, out_dir=str(tmp_path))
     tasks = reproduce.attack_tasks(reproduce.PRESETS["paper"], cfg, TARGET, ["transfer", "surface"])
     tr = [t for t in tasks if t[0].startswith("transfer")]
-    assert len(tr) == 6 and all(t[2][t[2].index("--source") + 1]
-                                == str(tmp_path / "cnn_ce_s2_best.pt") for t in tr)
+    assert len(tr) == 6 and all(t.args.source == str(tmp_path / "cnn_ce_s2_best.pt") for t in tr)
     assert [t[0] for t in tasks if t[0].startswith("loss surface")] == ["loss surface cnn_nsr_0.3_s2"]
     adv = reproduce.make_config("cnn", "adv", seed=2, epochs=50, adv_eps=0.2)
     assert not reproduce.attack_tasks(reproduce.PRESETS["paper"], adv, TARGET, ["surface"])
@@ -292,5 +291,22 @@ def test_transfer_attacks_come_from_the_ce_model_of_the_same_seed_and_wait_for_i
     cfgs = reproduce.train_configs(reproduce.preset_from_args(args), ["cnn"], [0], "cpu", "ecg",
                                    False, str(tmp_path))
     queue, needs = reproduce.attack_queue(args, reproduce.preset_from_args(args), cfgs,
-                                          str(tmp_path), "cpu", [])
+                                          str(tmp_path), "cpu", {})
     assert queue and all([c["method"] for c in needs[t[0]]] == ["nsr", "ce"] for t in queue)
+
+
+def test_tasks_hold_the_namespace_their_script_parses_no_argv():
+    """A task is (label, the script's run, the namespace it takes, cost): the same namespace
+    the script's own parser gives for the equivalent flags; a setting the script lacks fails."""
+    import attack_pgd
+    import attack_sap
+    ns = reproduce.attack_args(attack_pgd, checkpoint="c.pt", steps=20, eps=[0.03], noise=True)
+    assert ns == attack_pgd.get_args_parser().parse_args(
+        ["--checkpoint", "c.pt", "--steps", "20", "--eps", "0.03", "--noise"])
+    with pytest.raises(ValueError, match="attack_sap has no setting stepz"):
+        reproduce.attack_args(attack_sap, stepz=3)
+    for task in paper_tasks():
+        assert task.fn.__name__ == "run" and not isinstance(task.args, (list, tuple))
+        assert task.args.checkpoint == TARGET["checkpoint"] and task.cost > 0
+    costs = {t.label.split(" mlp")[0]: t.cost for t in paper_tasks()}
+    assert costs["AutoAttack"] > costs["PGD"]
