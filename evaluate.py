@@ -441,7 +441,7 @@ def table_section(kind, arch, cells, tables_dir, fig_dir, aggs, mixed):
     fig = f"{kind}_{arch}.png"
     plot_curves(agg, os.path.join(fig_dir, fig), f"{TITLES[kind].split(' (')[0]}: {arch.upper()}")
     lines = [md, f"![{kind} {arch}](figures/{fig})", ""]
-    diff = paired_differences(df) if kind in ("worst", "pgd") else None
+    diff = paired_differences(df) if kind in ("worst", "pgd", "smooth") else None
     if diff is not None and (df["seed"].nunique() > 1):
         base = os.path.join(tables_dir, f"diff_{kind}_{arch}")
         write_csv(diff, base + ".csv")
