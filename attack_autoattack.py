@@ -24,10 +24,11 @@ import torch
 
 from attack_common import (add_target_args, eps_arg, open_attack, parser, predict, run_sweep,
                            shard_arg)
-from attack_pgd import EPS_LIST
+import protocol
 from models import N_CLASSES, N_SAMPLES
 from utils import arg_number, progress_bar, run_cli
 
+EPS_LIST = list(protocol.AUTOATTACK_EPS)
 ATTACKS = ["apgd-ce", "apgd-t", "fab-t", "square"]
 STEPS = 100              # APGD and FAB iterations (AutoAttack standard)
 N_QUERIES = 5000         # Square's query budget (AutoAttack standard)

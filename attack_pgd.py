@@ -25,10 +25,11 @@ import torch.nn.functional as F
 
 from attack_common import (SEED, add_target_args, eps_arg, open_attack, parser, predict,
                            run_sweep)
+import protocol
 from utils import arg_number, progress_bar, run_cli
 
-EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]                         # METHOD.md 5
-NOISE_EPS_LIST = [0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+EPS_LIST = list(protocol.PGD_EPS)             # METHOD.md 5 (edit here: a list of your own)
+NOISE_EPS_LIST = list(protocol.NOISE_EPS)
 STEPS = 100
 STEP_SIZE = 0.01
 VARIANT = "paper"

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from attack_common import add_target_args, eps_arg, open_attack, parser, predict, run_sweep
+import protocol
 from models import N_CLASSES
 from utils import arg_number, progress_bar, run_cli
 
-EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]
+EPS_LIST = list(protocol.AUTOATTACK_EPS)    # the ensemble's eps, on its beats
 KERNEL_SIZES = (5, 7, 11, 15, 19)
 KERNEL_SIGMAS = (1.0, 3.0, 5.0, 7.0, 10.0)
 INIT_STEPS = 20            # sign PGD steps that initialise theta

@@ -28,10 +28,11 @@ import torch
 from attack_common import (add_target_args, eps_arg, open_attack, parser, predict, run_sweep,
                            shard_arg)
 from attack_pgd import adamax_ascent_, margin, uniform_start
+import protocol
 from models import model_arch
 from utils import arg_number, progress_bar, run_cli
 
-EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]     # METHOD.md 5
+EPS_LIST = list(protocol.SPSA_EPS)            # METHOD.md 5
 PER_CLASS = 162            # the first 162 test beats of each class: 810
 STEPS = 100
 N_DIRS = 2048

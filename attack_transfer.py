@@ -24,9 +24,10 @@ import torch
 import attack_autoattack
 from attack_common import (ModelLoadError, add_target_args, eps_arg, load_checkpoint, open_attack,
                            parser, predict, run_sweep)
+import protocol
 from utils import arg_number, atomic_write, run_cli, sha256_file
 
-EPS_LIST = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]
+EPS_LIST = list(protocol.AUTOATTACK_EPS)    # the ensemble's eps, on its beats
 SOURCE_METHOD = "ce"           # the default source: this method's model of the same arch and seed
 SOURCE_ATTACK = "apgd-t"
 STEPS = attack_autoattack.STEPS

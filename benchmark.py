@@ -234,18 +234,15 @@ def estimate_s(model, x, y, preset, kinds, steps=CALIBRATE_STEPS):
         s["square"] = timed(lambda: attack_autoattack.autoattack(
             model, xq, yq, "square", 0.03, n_queries=5 * steps)) / (5 * steps) \
             * sq["n_queries"] * sq_eps
+    n_aa = len(on(pa(aa["max_samples"]))[1])
+    n_eps_of = lambda part, script: len(pa(part["eps"]) or reproduce.DEFAULT_EPS[script])
     sap, tr = preset.get("sap"), preset.get("transfer")
     if "sap" in kinds and sap:       # a step through the smoothing costs about a PGD step
-        n_sap = len(on(pa(aa["max_samples"]))[1])
-        steps_sap = sum(sap["init_steps"] + sap["steps"]
-                        + (4 * sap["strong_steps"] if v == "strong" else 0) for v in sap["variants"])
-        s["sap"] = per_beat_step * n_sap * steps_sap * len(
-            pa(sap["eps"]) or reproduce.DEFAULT_EPS["attack_sap"])
-    if "transfer" in kinds and tr:   # APGD-T on the source, of about the model's cost here
-        xa, ya = on(pa(aa["max_samples"]))
-        s["transfer"] = timed(lambda: attack_autoattack.autoattack(
-            model, xa, ya, "apgd-t", 0.03, steps=steps)) / steps * tr["steps"] * len(
-            pa(tr["eps"]) or reproduce.DEFAULT_EPS["attack_transfer"])
+        s["sap"] = per_beat_step * n_aa * n_eps_of(sap, "attack_sap") * sum(
+            sap["init_steps"] + sap["steps"] + 4 * sap["strong_steps"] * (v == "strong")
+            for v in sap["variants"])
+    if "transfer" in kinds and tr:   # APGD-T on the source: 4 targets of PGD-like steps
+        s["transfer"] = per_beat_step * n_aa * 4 * tr["steps"] * n_eps_of(tr, "attack_transfer")
     if "spsa" in kinds:
         xs, ys = on(5)
         n_spsa = len(balanced_subset(y_np, pa(sp["per_class"])))
