@@ -4,18 +4,24 @@ Reading is records.py's, the analysis analysis.py's, the checks checks.py's; thi
     python evaluate.py                         # reads results/attacks/*.json
     python evaluate.py --results-dir results/paper
 
-Reads every result JSON that attack_pgd.py / attack_spsa.py wrote (a corrupt or foreign file is
-named and skipped) and the training histories in checkpoints/, then writes under the results dir:
-  tables/{worst,pgd,autoattack,spsa,noise}_{mlp,cnn}.md and .csv  rows = methods in the
-        paper's order, columns = clean and each eps, cells = balanced accuracy (the CSV has plain
-        accuracy too), and the sha256 prefix of the checkpoint behind the row; a missing run is
-        "-", never 0. "worst" is the per-beat worst case over every attack of a model at an eps
-        or a smaller one (paper PGD, sign PGD and restarts, SPSA, AutoAttack), on the beats of
+Reads every result JSON the attack scripts wrote (a corrupt or foreign file is named and
+skipped) and the training histories in checkpoints/, then writes under the results dir:
+  tables/{worst,pgd,autoattack,smooth,sap,transfer,spsa,noise}_{mlp,cnn}.md, .csv: rows =
+        methods in the paper's order, columns = clean and each eps, cells = balanced accuracy
+        (the CSV has plain accuracy too), and the sha256 prefix of the checkpoint behind the
+        row; a missing run is "-", never 0. "worst" is the per-beat worst case over every
+        attack of a model at an eps or a smaller one (paper PGD, sign PGD and restarts, SPSA,
+        AutoAttack, SAP, transfer), on the beats of
         its largest run narrowed to those AutoAttack attacked (where it ran at that eps);
-        "autoattack" the same over the four AutoAttack components only, at that eps alone.
+        "autoattack" the same over the four AutoAttack components only, at that eps alone;
+        "smooth" the worst case over SAP and strong SAP alone (the smooth threat model).
+  tables/attack_view_{arch}.md, .csv   every attack alone at eps 0.03 and 0.1 on the worst
+        case's beats, and which beat the paper's PGD (the masking indicators);
   figures/{kind}_{arch}.png      accuracy-vs-eps curves, one line per method;
   figures/per_class_{arch}.png   per-class sensitivity, NSR vs CE, under PGD;
-  figures/example_beats.png      a beat of each class, clean vs adversarial, CE vs NSR CNN;
+  figures/example_beats.png      a beat of each class, clean vs adversarial, CE vs NSR CNN (the
+                                 beats the paper's PGD results stored);
+  figures/surface.png            the loss surface of CE and NSR (surface.py's files);
   report.md   the tables, figures, the settings behind every number and METHOD.md 7's checks 1-9,
               each PASS, FAIL (with the offending numbers; also a WARNING line on stdout) or
               "not run".
