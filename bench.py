@@ -399,6 +399,11 @@ def bench_steps(args):
         for name, (unit, c) in units.items():
             record["attack"].append({"arch": arch, "attack": name, "unit": unit, **c})
         print(f"{arch}: counted")
+    write("steps", record, steps_markdown(record))
+
+
+def steps_markdown(record):
+    """bench_steps's record as the table of results/bench/steps.md."""
     lines = ["# Ops and FLOPs per unit of work (the GPU estimate's input)", "",
              f"Counted on {record['device']}, torch {record['torch']} (the counts do not depend on "
              "the device). Upper bounds: no beat leaves early.", "",
@@ -407,7 +412,7 @@ def bench_steps(args):
               f"{r['flops'] / 1e9:.3f} |" for r in record["train"]]
     lines += [f"| {r['arch']} | {r['attack']}: {r['unit']} | {r['ops']:.0f} | "
               f"{r['flops'] / 1e9:.3f} |" for r in record["attack"]]
-    write("steps", record, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- main
