@@ -542,3 +542,43 @@ def test_smooth_worst_case_and_how_each_attack_sees_each_model(tmp_path):
     assert nsr["beat PGD"] == "SAP strong" and nsr["worst case"] == pytest.approx(0.7)
     report = open(tmp_path / "report.md").read()
     assert "## How each attack sees each model" in report and "Smooth threat model" in report
+
+
+def test_transfer_results_from_a_retrained_source_and_stale_surfaces_are_left_out(
+        sample_dir, tmp_path, capsys):
+    """A transfer result is vouched for against its source model too, and a loss-surface file
+    against its checkpoint: retraining either leaves them out of the report, named."""
+    import attack_transfer
+    import surface
+    from models import build_model, save_checkpoint
+    from preprocess import data_sha256
+    d = str(tmp_path)
+    digest = data_sha256(sample_dir, True)
+
+    def ckpt(name, method, seed):
+        torch.manual_seed(seed)
+        path = os.path.join(d, "checkpoints", f"{name}_best.pt")
+        save_checkpoint(path, build_model("mlp"), None, 1, {"method": method, "arch": "mlp",
+                        "name": name, "seed": 0}, [], data={"sha256": digest})
+        return path
+    src, target = ckpt("mlp_ce_s0", "ce", 0), ckpt("mlp_nsr_0.4_s0", "nsr", 1)
+    common = ["--sample", "--data-dir", sample_dir, "--device", "cpu"]
+    assert attack_transfer.main(["--checkpoint", target, "--max-samples", "25", "--steps", "2",
+                                 "--eps", "0.1", "--out-dir", os.path.join(d, "attacks"),
+                                 *common]) == 0
+    assert surface.main(["--checkpoint", target, "--grad-per-class", "5", "--out-dir",
+                         os.path.join(d, "surface"), *common]) == 0
+    evaluate.main(["--results-dir", d])
+    assert os.path.exists(os.path.join(d, "tables", "transfer_mlp.md"))
+    assert os.path.exists(os.path.join(d, "figures", "surface.png"))
+    capsys.readouterr()
+    ckpt("mlp_ce_s0", "ce", 5)                               # the source, retrained
+    evaluate.main(["--results-dir", d])
+    out = capsys.readouterr().out
+    assert "WARNING: left out" in out and "its beats were crafted on" in out
+    assert "Transfer: APGD-T" not in open(os.path.join(d, "report.md")).read()
+    ckpt("mlp_nsr_0.4_s0", "nsr", 6)                         # the target, retrained
+    os.remove(os.path.join(d, "figures", "surface.png"))
+    evaluate.main(["--results-dir", d])
+    assert "mlp_nsr_0.4_s0.json: made from checkpoint" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(d, "figures", "surface.png"))
