@@ -298,6 +298,10 @@ def attack_view(records, arch, eps):
     training seeds per group. Returns (per-model DataFrame, per-group DataFrame) or (None, None)."""
     worst = {r["model"]: r for r in records if r["attack"] == "worst" and r["arch"] == arch
              and r["eps"] == eps}
+    at_eps = defaultdict(list)              # this eps's runs per model, read once
+    for r in records:
+        if r["eps"] == eps and r["model"] in worst:
+            at_eps[r["model"]].append(r)
     rows = []
     for model, w in worst.items():
         keep = w["indices"]
@@ -306,8 +310,7 @@ def attack_view(records, arch, eps):
                "method": row_key(w["model_config"], arch)[1],
                "seed": w["model_config"].get("seed", 0)}
         for label, match in VIEW:
-            runs = [r for r in records if r["model"] == model and r["eps"] == eps and match(r)
-                    and provenance(r) == provenance(w)]
+            runs = [r for r in at_eps[model] if match(r) and provenance(r) == provenance(w)]
             row[label] = np.nan
             if runs:
                 r = pick(runs)
