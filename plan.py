@@ -228,9 +228,13 @@ def print_plan(preset, args, cfgs, workers, per_epoch, n_val, n_test, device, re
              for arch in args.archs}
     attacks = {arch: estimate_attack_minutes(preset, n_test, arch, args.seeds)
                for arch in args.archs}
+    every = len(preset["models"]) * len(args.seeds)
+    for arch, parts in attacks.items():      # --runs keeps some of an arch's models
+        share = sum(c["arch"] == arch for c in cfgs) / every
+        attacks[arch] = {k: v * share for k, v in parts.items()}
     total = sum(train.values()) + sum(sum(a.values()) for a in attacks.values())
-    print(f"\nPlan: {len(preset['models'])} models x {len(args.archs)} archs x "
-          f"{len(args.seeds)} seeds, {preset['epochs']} epochs of {per_epoch} samples, on "
+    print(f"\nPlan: {len(cfgs)} models ({len(preset['models'])} methods x {len(args.archs)} archs x "
+          f"{len(args.seeds)} seeds{', those --runs names' if getattr(args, 'runs', None) else ''}), {preset['epochs']} epochs of {per_epoch} samples, on "
           f"{workers.world} worker(s). Estimated for one worker on a 2-core CPU from "
           f"results/bench, training calibrated by the epochs its started runs measured here "
           f"(attacks: upper bounds, fooled beats stop early):")

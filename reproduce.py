@@ -226,6 +226,10 @@ def build_parser():
     p.add_argument("--methods", nargs="+", choices=sorted({m for m, _ in PAPER_MODELS}),
                    default=None, help="only these methods of the preset (adv: every adv eps); "
                                       "e.g. the CNN's ce nsr on a CPU")
+    p.add_argument("--runs", nargs="+", default=None, metavar="NAME",
+                   help="only these models, by run name (e.g. cnn_jacob_s0 cnn_ce_s1; the "
+                        "names a dry run lists), picked from what --archs/--seeds/--methods "
+                        "select: one queue for models that share no seed or method")
     p.add_argument("--phases", nargs="+", choices=["train", "attack", "evaluate"],
                    default=["train", "attack", "evaluate"], help="which phases to run")
     p.add_argument("--attacks", nargs="+", choices=ATTACK_KINDS, default=ATTACK_KINDS,
@@ -297,7 +301,8 @@ def preset_from_args(args, preset=None):
 def check_args(p, args):
     """Refuse what would silently plan the wrong thing (argparse's exit 2, naming the flag)."""
     for flag, values in (("--seeds", args.seeds), ("--archs", args.archs),
-                         ("--methods", args.methods or []), ("--phases", args.phases),
+                         ("--methods", args.methods or []), ("--runs", args.runs or []),
+                         ("--phases", args.phases),
                          ("--attacks", args.attacks)):
         dup = sorted({str(v) for v in values if values.count(v) > 1})
         if dup:
@@ -308,6 +313,13 @@ def check_args(p, args):
         if missing:
             p.error(f"--methods {' '.join(missing)}: not in the {args.preset} preset (it trains "
                     f"{', '.join(sorted(known))})")
+    if args.runs:
+        names = [c["name"] for c in train_configs(preset_from_args(args), args.archs, args.seeds,
+                                                   "cpu", args.data_dir, False, "checkpoints")]
+        unknown = [r for r in args.runs if r not in names]
+        if unknown:
+            p.error(f"--runs {' '.join(unknown)}: not among the models --archs/--seeds/--methods "
+                    f"select ({', '.join(names)})")
 
 
 def dry_run_cache(data_dir, sample):
@@ -438,6 +450,8 @@ def run_preset(args, preset, results, workers, device, t_start):
     per_epoch = min(preset["max_train_samples"] or n_train, n_train)
     cfgs = train_configs(preset, args.archs, args.seeds, device, args.data_dir, sample,
                          os.path.join(results, "checkpoints"))
+    if args.runs:
+        cfgs = [c for c in cfgs if c["name"] in args.runs]
     if workers.rank == 0:
         print_plan(preset, args, cfgs, workers, per_epoch, len(cache["Y_val"]),
                    len(cache["Y_test"]), device, results)

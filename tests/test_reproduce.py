@@ -62,6 +62,23 @@ def test_methods_pick_models_of_the_preset():
     assert len(reproduce.PRESETS["paper"]["models"]) == 9          # the preset itself unchanged
 
 
+def test_runs_pick_models_across_seeds_into_one_queue(tmp_path, capsys):
+    """--runs keeps the named models of what --seeds/--methods select (seed 0 of one method
+    beside seeds 1-2 of another), and the plan counts those only."""
+    argv = ["quick", "--archs", "mlp", "--data-dir", str(tmp_path / "ecg"), "--dry-run",
+            "--seeds", "0", "1", "2", "--methods", "ce", "jacob"]
+    assert reproduce.main(argv) == 0
+    every = capsys.readouterr().out
+    assert "Plan: 6 models (2 methods x 1 archs x 3 seeds)" in every
+    assert reproduce.main(argv + ["--runs", "mlp_jacob_n4000_s0", "mlp_ce_n4000_s1",
+                                  "mlp_ce_n4000_s2"]) == 0
+    some = capsys.readouterr().out
+    assert "Plan: 3 models (2 methods x 1 archs x 3 seeds, those --runs names)" in some
+    pgd = lambda out: float(out.split("PGD ")[1].split(" ")[0])
+    assert pgd(some) == pytest.approx(pgd(every) / 2, rel=0.05)     # 3 of the 6 models' attacks
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cpu_shrink_flags_and_their_estimate():
     """The CNN's SPSA and AutoAttack subsets shrink by flag; the plan estimate follows."""
     p = reproduce.build_parser()
@@ -177,7 +194,7 @@ def test_paper_preset_runs_from_the_cache_alone(sample_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     digest = preprocess.data_sha256(sample_dir, sample=True)
     assert f"using the cache {preprocess.cache_path(str(data))} as it is (data digest {digest[:12]})" in out
-    assert "Plan: 9 models x 1 archs x 1 seeds" in out
+    assert "Plan: 9 models (9 methods x 1 archs x 1 seeds)" in out
     assert sorted(p.name for p in data.iterdir()) == [preprocess.CACHE_FILE]   # nothing rebuilt
     # and it runs: train, attack (with the cache's folder as the attacks' data), evaluate
     tiny = ["--methods", "ce", "--epochs", "1", "--max-train-samples", "256", "--pgd-steps",
@@ -190,6 +207,7 @@ def test_paper_preset_runs_from_the_cache_alone(sample_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, words", [
     (["--seeds", "0", "0"], "--seeds names 0 more than once"),
+    (["--runs", "mlp_ce_n4000_s0", "mlp_jacob_s0"], "--runs mlp_jacob_s0: not among the models"),
     (["--methods", "mse"], "--methods mse: not in the quick preset"),
     (["--archs", "mlp", "mlp"], "--archs names mlp more than once")])
 def test_quiet_inputs_are_refused(extra, words, tmp_path, capsys):
@@ -204,7 +222,7 @@ def test_dry_run_writes_and_rebuilds_nothing(tmp_path, capsys):
     argv = ["quick", "--device", "cpu", "--archs", "mlp", "--data-dir", str(tmp_path / "ecg"),
             "--results-dir", str(tmp_path / "res"), "--dry-run"]
     assert reproduce.main(argv) == 0
-    assert "Plan: 5 models x 1 archs x 1 seeds" in capsys.readouterr().out
+    assert "Plan: 5 models (5 methods x 1 archs x 1 seeds)" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
 
 
