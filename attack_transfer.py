@@ -25,6 +25,7 @@ import attack_autoattack
 from attack_common import (ModelLoadError, add_target_args, eps_arg, load_checkpoint, open_attack,
                            parser, predict, run_sweep)
 import protocol
+import training
 from utils import arg_number, atomic_write, run_cli, sha256_file
 
 EPS_LIST = list(protocol.AUTOATTACK_EPS)    # the ensemble's eps, on its beats
@@ -38,10 +39,9 @@ BATCH_SIZE = attack_autoattack.BATCH_SIZE
 def default_source(ckpt, checkpoint):
     """The CE model of the target's arch and seed, in the target checkpoint's folder."""
     cfg = ckpt["config"]
-    name = f"{ckpt['arch']}_{SOURCE_METHOD}_s{cfg.get('seed', 0)}"
-    if cfg.get("max_train_samples"):
-        name = f"{ckpt['arch']}_{SOURCE_METHOD}_n{cfg['max_train_samples']}_s{cfg.get('seed', 0)}"
-    return os.path.join(os.path.dirname(checkpoint) or ".", f"{name}_best.pt")
+    source = {"arch": ckpt["arch"], "method": SOURCE_METHOD, "seed": cfg.get("seed", 0),
+              "max_train_samples": cfg.get("max_train_samples")}      # the budget, as reproduce.py
+    return os.path.join(os.path.dirname(checkpoint) or ".", training.run_name(source) + "_best.pt")
 
 
 def crafted(source, target, eps, steps, seed, batch_size, cache_dir):
